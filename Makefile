@@ -1,0 +1,28 @@
+# The two commands README.md gives: `make demo` and `make test`. Each creates .venv on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: install demo test bench clean
+
+$(BIN)/gandist: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# Pin torch first: any looser spec may pull a multi-GB CUDA build on a CPU machine.
+	$(BIN)/pip install --disable-pip-version-check -q "torch==2.13.0"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]"
+	touch $(BIN)/gandist
+
+install: $(BIN)/gandist
+
+demo: install
+	$(BIN)/gandist train configs/demo_digits.yaml --run-dir runs/demo --force
+
+test: install
+	$(BIN)/python -m pytest -q -ra tests
+
+bench: install
+	for b in tools/bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

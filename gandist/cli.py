@@ -1,0 +1,59 @@
+"""`gandist` command line. Core commands live here; each subsystem adds its own in `<package>/cli.py::add_cli`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subsystems that add subcommands (each module's add_cli(subparsers) must import nothing heavy at module level).
+SUBSYSTEM_CLIS = (
+    "gandist.models.cli",  # info
+    "gandist.data.cli",  # data shards
+    "gandist.eval.cli",  # eval, features
+    "gandist.telemetry.cli",  # dashboard
+    "gandist.orchestrate.cli",  # submit, jobs
+)
+
+EXIT_USER_ERROR = 2
+EXIT_WATCHDOG_GAVE_UP = 3
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gandist import commands
+
+    parser = argparse.ArgumentParser(prog="gandist", description="Train GANs across many GPUs, stably.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands.add_core_commands(sub)
+    for name in SUBSYSTEM_CLIS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # subsystem not present in this build
+                continue
+            raise
+        module.add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    from gandist.config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ConfigError) as err:
+        print(f"gandist: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("gandist: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

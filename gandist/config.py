@@ -1,0 +1,268 @@
+"""The experiment config: pydantic sections, YAML loading, `--set a.b=c` overrides, readable errors.
+
+Each subsystem owns its section's model (models/config.py, data/config.py, objectives/config.py, watchdog/config.py,
+telemetry/config.py, eval/config.py); this module composes them and turns validation errors into one line each.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from gandist.configbase import Section
+from gandist.data.config import DataConfig, Toy2DConfig
+from gandist.eval.config import EvalConfig
+from gandist.models.config import MLPConfig, ModelConfig
+from gandist.objectives.config import AugmentConfig, LossConfig, PenaltyConfig
+from gandist.telemetry.config import TelemetryConfig
+from gandist.watchdog.config import WatchdogConfig
+
+
+class ConfigError(ValueError):
+    """A user error in a config: the message names the dotted key, the bad value and what is allowed."""
+
+
+class AdamConfig(Section):
+    """Adam settings of one network."""
+
+    lr: float = Field(2e-4, gt=0, description="Learning rate.")
+    betas: tuple[float, float] = Field((0.0, 0.999), description="Adam betas, each in [0, 1).")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) when > 0.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        for b in betas:
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
+        return betas
+
+
+class OptimConfig(Section):
+    """Optimizers (separate for G and D: TTUR), D steps per G step, accumulation and clipping."""
+
+    g: AdamConfig = Field(default_factory=lambda: AdamConfig(lr=1e-4), description="G's Adam.")
+    d: AdamConfig = Field(default_factory=lambda: AdamConfig(lr=4e-4), description="D's Adam (TTUR: usually a higher lr).")
+    d_steps: int = Field(1, ge=1, description="D steps per G step.")
+    accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    grad_clip: float = Field(0.0, ge=0, description="Clip each net's gradient norm to this (0: off).")
+
+
+class EMAConfig(Section):
+    """Exponential moving average of G's weights (used for samples and evaluation)."""
+
+    enabled: bool = Field(True, description="Keep an EMA copy of G.")
+    decay: float = Field(0.999, ge=0, lt=1, description="EMA decay per G step.")
+    start_step: int = Field(0, ge=0, description="Copy G into the EMA until this step, then average.")
+
+
+class TrainConfig(Section):
+    """The training run."""
+
+    steps: int = Field(1000, ge=1, description="Total G steps.")
+    batch_size: int = Field(64, ge=1, description="Global batch size (all ranks, all accumulation micro-batches).")
+    amp: Literal["off", "bf16", "fp16"] = Field("off", description="Mixed precision: bf16 autocast (CPU/GPU) or fp16 + GradScaler (GPU).")
+    deterministic: bool = Field(True, description="Deterministic algorithms (bitwise-reproducible on CPU).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    channels_last: bool = Field(False, description="Use channels_last memory format for image nets.")
+    ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of G.")
+
+
+class ZeroConfig(Section):
+    """DeepSpeed ZeRO options."""
+
+    offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory.")
+    offload_params: bool = Field(False, description="ZeRO-3 only: keep parameters in CPU memory.")
+
+
+class DistributedConfig(Section):
+    """How the loop is distributed (launch with torchrun or --ray)."""
+
+    strategy: Literal["single", "ddp", "zero1", "zero2", "zero3"] = Field("single", description="Data-parallel strategy.")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="Process-group backend (auto: nccl on GPU, gloo on CPU).")
+    cross_replica_bn: bool = Field(False, description="Batch-norm statistics over all ranks.")
+    zero: ZeroConfig = Field(default_factory=ZeroConfig, description="ZeRO options.")
+    max_failures: int = Field(3, ge=0, description="Ray: worker-group restarts before giving up.")
+
+
+class CheckpointConfig(Section):
+    """Checkpointing."""
+
+    every: int = Field(500, ge=1, description="Save every k G steps (and at the end).")
+    keep_last: int = Field(3, ge=1, description="Checkpoints kept (healthy and best ones are kept too).")
+    url: str | None = Field(None, description="fsspec URL for checkpoints (default: RUN_DIR/checkpoints).")
+
+
+class ExperimentConfig(Section):
+    """A whole experiment."""
+
+    name: str = Field("gandist", description="Run name (labels metrics and jobs).")
+    seed: int = Field(0, ge=0, description="Seed of every random stream.")
+    model: ModelConfig = Field(default_factory=MLPConfig, description="Architecture (model.arch selects).")
+    loss: LossConfig = Field(default_factory=LossConfig, description="Adversarial loss.")
+    penalties: list[PenaltyConfig] = Field(default_factory=list, description="Regularizers (each with weight and every).")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="D input augmentations and packing.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizers.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training run.")
+    data: DataConfig = Field(default_factory=Toy2DConfig, description="Data source (data.kind selects).")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Distribution.")
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig, description="Stability watchdog.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints.")
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Metrics and samples.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+    @model_validator(mode="after")
+    def _pack_divides_batch(self) -> "ExperimentConfig":
+        if self.train.batch_size % self.augment.pack:
+            raise ValueError(
+                f"augment.pack: {self.augment.pack} does not divide train.batch_size {self.train.batch_size}"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (every default spelt out)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def hash(self) -> str:
+        """A short hash of the resolved config; changes to run-only keys (steps, telemetry) do not change it."""
+        data = self.model_dump(mode="json")
+        for key in ("train.steps", "telemetry", "eval", "checkpoint", "watchdog", "distributed"):
+            head, _, tail = key.partition(".")
+            if tail:
+                data[head].pop(tail, None)
+            else:
+                data.pop(head, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (["a", "b"], typed c). Values are parsed as YAML: 3 -> int, 1e-4 -> float, [1,2] -> list."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.batch_size=64")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    """Set data[path] = value; list items are addressed by index (penalties.0.weight)."""
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        nxt = node[int(part)] if isinstance(node, list) else node.get(part)
+        if nxt is None or not isinstance(nxt, (dict, list)):
+            nxt = {}
+            if isinstance(node, list):
+                raise ConfigError(f"--set {'.'.join(path)}: {'.'.join(path[:i + 1])} does not exist")
+            node[part] = nxt
+        node = nxt
+    last = path[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise ConfigError(f"--set {'.'.join(path)}: no item {last} in a list of {len(node)}") from None
+    else:
+        node[last] = value
+
+
+def _allowed_keys(model_cls: Any, loc: tuple) -> list[str]:
+    """The field names at a location of the config, for 'did you mean' hints."""
+    cls = ExperimentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int) or cls is None:
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            # a tag of a discriminated union, e.g. ('model', 'biggan', 'ch')
+            cls = _union_member(part) or cls
+            continue
+        cls = _section_class(field.annotation)
+    return sorted(getattr(cls, "model_fields", {}))
+
+
+def _section_class(annotation: Any) -> Any:
+    from typing import get_args
+
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_class(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _union_member(tag: str) -> Any:
+    from typing import get_args
+
+    for union in (ModelConfig, DataConfig, PenaltyConfig):
+        for member in get_args(get_args(union)[0]):
+            for field_name in ("arch", "kind"):
+                field = member.model_fields.get(field_name)
+                if field is not None and tag in get_args(field.annotation):
+                    return member
+    return None
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """One line per problem: `dotted.path: what is wrong (what is allowed)`."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"])
+        # drop union tags from the dotted path shown to the user (model.biggan.ch -> model.ch)
+        shown = [str(p) for p in loc if not (isinstance(p, str) and _union_member(p) and p not in ("model", "data"))]
+        path = ".".join(shown) or "(root)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(ExperimentConfig, loc)
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"allowed: {', '.join(allowed)}"
+            lines.append(f"{path}: unknown key ({hint})")
+        elif e["type"] == "union_tag_invalid":
+            lines.append(f"{path}: {e['msg']}")
+        else:
+            value = e.get("input")
+            shown_value = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+            lines.append(f"{path}: {e['msg']}{shown_value}")
+    return f"{source}: " + "; ".join(lines) if len(lines) == 1 else f"{source}:\n  " + "\n  ".join(lines)
+
+
+def config_from_dict(data: dict, source: str = "config") -> ExperimentConfig:
+    """Validate a plain dict; raises ConfigError with readable lines."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Load a YAML config (or defaults when path is None) and apply `a.b=c` overrides."""
+    data: dict = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found (give a YAML file, e.g. configs/demo_digits.yaml)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    return config_from_dict(data, source)

@@ -1,0 +1,65 @@
+"""The data interface: a source describes its samples and hands each rank an iterator of batches.
+
+World-size invariance: synthetic sources build the *global* batch of draw k from (seed, k) and give rank r its slice
+[r*b, (r+1)*b), so changing the number of ranks does not change what the model sees.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Shape and labels of a source's samples."""
+
+    shape: tuple[int, ...]  # (2,) for toy2d, (C, H, W) for images
+    num_classes: int = 0  # 0: unlabelled
+    value_range: tuple[float, float] = (-1.0, 1.0)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+
+class BatchIterator(ABC):
+    """Endless iterator of this rank's batches (x [b, ...] float, y [b] long or None) with a resumable position."""
+
+    skipped_samples: int = 0  # corrupt samples skipped so far (streaming sources)
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    @abstractmethod
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """Position, so that a resume continues rather than replays."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def close(self) -> None:
+        """Stop worker processes."""
+
+
+class DataSource(ABC):
+    """Built from the `data` config section."""
+
+    info: DataInfo
+
+    @abstractmethod
+    def loader(self, rank: int, world_size: int, global_batch: int, seed: int) -> BatchIterator:
+        """This rank's iterator: batches of global_batch // world_size samples."""
+
+    def real_samples(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n samples for evaluation (reference statistics)."""
+        it = self.loader(0, 1, n, seed)
+        try:
+            return next(it)
+        finally:
+            it.close()

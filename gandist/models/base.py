@@ -1,0 +1,38 @@
+"""What the loop expects of a generator and a discriminator, and what a builder receives.
+
+Builders: `build(cfg, info, ctx) -> (G, D)` registered in gandist/registry.py.
+- G: nn.Module with attributes `z_dim` and `num_classes` (0: unconditional); `forward(z, y=None) -> x` with x in
+  the data's value range and shape [N, *info.shape]. Optional: `forward(z, y, truncation=psi)`; StyleGAN2-like G
+  also offers `mapping(z, y) -> ws` and `synthesis(ws) -> x` (path-length regularization uses them).
+- D: nn.Module; `forward(x, y=None) -> logits [N]` (PacGAN: the loop packs inputs before D; D is built with
+  `info.shape` channels multiplied by the pack size, see `packed_info`).
+Models are pure torch: no torch.distributed calls; cross-replica BN gets its group via ctx.bn_process_group.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from gandist.data.base import DataInfo
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may need beyond the config and the data's shape."""
+
+    bn_process_group: Any = None  # cross-replica BN group (None: plain BN)
+    pack: int = 1  # PacGAN: D sees `pack` samples stacked along channels
+
+
+def packed_info(info: DataInfo, pack: int) -> DataInfo:
+    """Data info as D sees it under PacGAN packing (channels or features multiplied by `pack`)."""
+    if pack == 1:
+        return info
+    shape = (info.shape[0] * pack,) + tuple(info.shape[1:])
+    return dataclasses.replace(info, shape=shape)
+
+
+def count_params(module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,81 @@
+"""Config sections of each architecture, discriminated by `model.arch`.
+
+Kept free of torch so that configs validate fast; the builders live beside them in models/*.py.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from gandist.configbase import Section
+
+
+class _ArchBase(Section):
+    z_dim: int = Field(128, gt=0, description="Dimension of the latent vector z.")
+    conditional: bool = Field(True, description="Condition on class labels when the data has them.")
+
+
+class MLPConfig(_ArchBase):
+    """MLP generator and discriminator for 2-D toy data."""
+
+    arch: Literal["mlp"] = "mlp"
+    z_dim: int = Field(2, gt=0, description="Dimension of the latent vector z.")
+    hidden: int = Field(128, gt=0, description="Width of each hidden layer.")
+    depth: int = Field(3, ge=1, description="Number of hidden layers in G and in D.")
+    spectral_norm: bool = Field(False, description="Spectral norm on D's linear layers.")
+
+
+class DCGANConfig(_ArchBase):
+    """DCGAN-style conv nets for 16-64 px images (BN in G, optional SN in D, projection D when conditional)."""
+
+    arch: Literal["dcgan"] = "dcgan"
+    ch: int = Field(64, gt=0, description="Base channel count (doubles per downsampling in D).")
+    spectral_norm: bool = Field(True, description="Spectral norm on D's layers.")
+
+
+class ResNetConfig(_ArchBase):
+    """SNGAN-style ResNet pair for 16-64 px images (conditional BN in G, projection D)."""
+
+    arch: Literal["resnet"] = "resnet"
+    ch: int = Field(64, gt=0, description="Channels of every residual block.")
+    spectral_norm: bool = Field(True, description="Spectral norm on D's layers (and G's when sn_g).")
+    sn_g: bool = Field(False, description="Spectral norm in G too.")
+
+
+class BigGANConfig(_ArchBase):
+    """BigGAN / BigGAN-deep (Brock et al. 2019) as configured in BigGAN-PyTorch."""
+
+    arch: Literal["biggan", "biggan_deep"] = "biggan"
+    z_dim: int = Field(120, gt=0, description="Dimension of z (split hierarchically across blocks).")
+    ch: int = Field(96, gt=0, description="Channel multiplier of G (G_ch).")
+    d_ch: int = Field(96, gt=0, description="Channel multiplier of D (D_ch).")
+    shared_dim: int = Field(128, ge=0, description="Size of the shared class embedding (0: none).")
+    attention: list[int] = Field(default_factory=lambda: [64], description="Resolutions with self-attention in G.")
+    d_attention: list[int] | None = Field(None, description="Resolutions with self-attention in D (None: same as G).")
+    hier: bool = Field(True, description="Hierarchical latents (skip-z): split z across G's blocks.")
+    blocks_per_stage: int = Field(2, ge=1, description="BigGAN-deep only: residual blocks per resolution.")
+    bn_eps: float = Field(1e-5, gt=0, description="Epsilon of the (conditional) batch norms.")
+    sn_eps: float = Field(1e-6, gt=0, description="Epsilon of spectral norm.")
+    ortho_init: bool = Field(True, description="Orthogonal weight initialisation.")
+
+
+class StyleGAN2Config(_ArchBase):
+    """StyleGAN2 (Karras et al. 2020): config-f and the ADA 'auto' widths."""
+
+    arch: Literal["stylegan2"] = "stylegan2"
+    z_dim: int = Field(512, gt=0, description="Dimension of z.")
+    w_dim: int = Field(512, gt=0, description="Dimension of w.")
+    mapping_layers: int = Field(8, ge=1, description="Depth of the mapping network.")
+    channel_base: int = Field(32768, gt=0, description="Channels at a resolution: min(channel_base / res, channel_max).")
+    channel_max: int = Field(512, gt=0, description="Largest channel count.")
+    mapping_lr_mul: float = Field(0.01, gt=0, description="Learning-rate multiplier of the mapping network.")
+    style_mixing_prob: float = Field(0.9, ge=0, le=1, description="Probability of style mixing in training.")
+    mbstd_group: int = Field(4, ge=1, description="Group size of the minibatch standard deviation layer.")
+    conv_clamp: float | None = Field(None, description="Clamp conv outputs (used with fp16).")
+
+
+ModelConfig = Annotated[
+    Union[MLPConfig, DCGANConfig, ResNetConfig, BigGANConfig, StyleGAN2Config],
+    Field(discriminator="arch"),
+]

@@ -1,0 +1,105 @@
+"""Spectral normalization (Miyato et al. 2018) computed inside each layer's forward.
+
+Why not torch.nn.utils.parametrizations.spectral_norm: the watchdog needs each layer's current top singular value
+and its power-iteration vectors (`sigma`, `u`, `v` buffers here), and ZeRO-3 gathers a module's *own* parameters
+around its forward, so the weight must be a direct parameter of the layer that normalizes it (a parametrization keeps
+it in a child module, where ZeRO-3 may see it partitioned).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SpectralNormMixin:
+    """Adds W / sigma(W) with `power_iterations` steps per training forward. Buffers: u, v, sigma."""
+
+    def _init_sn(self, power_iterations: int = 1, eps: float = 1e-6) -> None:
+        weight = self.weight
+        rows = weight.shape[0]
+        cols = weight.numel() // rows
+        self.power_iterations = power_iterations
+        self.sn_eps = eps
+        generator = torch.Generator().manual_seed(rows * 7919 + cols)  # deterministic init, same on every rank
+        u = F.normalize(torch.randn(rows, generator=generator), dim=0, eps=eps)
+        v = F.normalize(torch.randn(cols, generator=generator), dim=0, eps=eps)
+        self.register_buffer("u", u.to(weight.dtype))
+        self.register_buffer("v", v.to(weight.dtype))
+        self.register_buffer("sigma", torch.ones((), dtype=weight.dtype))
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The weight as [out, in*k*k] (for embeddings: [num_embeddings, dim]^T so rows are outputs)."""
+        return self.weight.reshape(self.weight.shape[0], -1)
+
+    def normalized_weight(self) -> torch.Tensor:
+        w = self.weight_matrix()
+        if self.training:
+            with torch.no_grad():
+                u, v = self.u, self.v
+                for _ in range(self.power_iterations):
+                    v = F.normalize(w.t().float() @ u.float(), dim=0, eps=self.sn_eps).to(w.dtype)
+                    u = F.normalize(w.float() @ v.float(), dim=0, eps=self.sn_eps).to(w.dtype)
+                self.u.copy_(u)
+                self.v.copy_(v)
+        sigma = torch.dot(self.u, w @ self.v)  # differentiable in w, vectors fixed (as in the paper)
+        if self.training:
+            with torch.no_grad():
+                self.sigma.copy_(sigma.detach())
+        return self.weight / sigma.clamp_min(self.sn_eps)
+
+
+class SNLinear(SpectralNormMixin, nn.Linear):
+    """nn.Linear with spectral normalization."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, power_iterations: int = 1,
+                 eps: float = 1e-6) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self._init_sn(power_iterations, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.normalized_weight(), self.bias)
+
+
+class SNConv2d(SpectralNormMixin, nn.Conv2d):
+    """nn.Conv2d with spectral normalization."""
+
+    def __init__(self, *args, power_iterations: int = 1, eps: float = 1e-6, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_sn(power_iterations, eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.normalized_weight(), self.bias)
+
+
+class SNEmbedding(SpectralNormMixin, nn.Embedding):
+    """nn.Embedding with spectral normalization (BigGAN's projection D embeds classes this way)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, power_iterations: int = 1, eps: float = 1e-6) -> None:
+        super().__init__(num_embeddings, embedding_dim)
+        self._init_sn(power_iterations, eps)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.embedding(y, self.normalized_weight())
+
+
+def spectral_norm_layers(module: nn.Module) -> dict[str, SpectralNormMixin]:
+    """Every spectrally normalized layer below `module`, by qualified name."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, SpectralNormMixin)}
+
+
+def linear(in_f: int, out_f: int, sn: bool, bias: bool = True) -> nn.Module:
+    """A linear layer, spectrally normalized when `sn`."""
+    return SNLinear(in_f, out_f, bias=bias) if sn else nn.Linear(in_f, out_f, bias=bias)
+
+
+def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0, sn: bool = False,
+           bias: bool = True) -> nn.Module:
+    """A conv layer, spectrally normalized when `sn`."""
+    cls = SNConv2d if sn else nn.Conv2d
+    return cls(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias)
+
+
+def embedding(num: int, dim: int, sn: bool) -> nn.Module:
+    """An embedding, spectrally normalized when `sn`."""
+    return SNEmbedding(num, dim) if sn else nn.Embedding(num, dim)

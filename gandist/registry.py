@@ -1,0 +1,42 @@
+"""Name -> builder for architectures, data sources and strategies.
+
+Entries are "module:attribute" strings resolved on first use, so that `import gandist` never imports DeepSpeed or
+Ray, and a newcomer finds where each name lives by reading this file.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+ARCHS = {
+    "mlp": "gandist.models.mlp:build",
+    "dcgan": "gandist.models.dcgan:build",
+    "resnet": "gandist.models.resnet:build",
+    "biggan": "gandist.models.biggan:build",
+    "biggan_deep": "gandist.models.biggan:build",
+    "stylegan2": "gandist.models.stylegan2:build",
+}
+
+SOURCES = {
+    "toy2d": "gandist.data.sources:Toy2DSource",
+    "digits": "gandist.data.sources:DigitsSource",
+    "stacked_digits": "gandist.data.sources:StackedDigitsSource",
+    "folder": "gandist.data.sources:FolderSource",
+    "webdataset": "gandist.data.stream:WebDatasetSource",
+}
+
+STRATEGIES = {
+    "single": "gandist.strategies.single:SingleStrategy",
+    "ddp": "gandist.strategies.ddp:DDPStrategy",
+    "zero1": "gandist.strategies.zero:ZeroStrategy",
+    "zero2": "gandist.strategies.zero:ZeroStrategy",
+    "zero3": "gandist.strategies.zero:ZeroStrategy",
+}
+
+
+def resolve(table: dict[str, str], name: str, what: str) -> Any:
+    """Import and return the object registered under `name` in `table`."""
+    if name not in table:
+        raise KeyError(f"unknown {what} {name!r}; known: {', '.join(sorted(table))}")
+    module, _, attr = table[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

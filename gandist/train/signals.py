@@ -1,0 +1,39 @@
+"""The Signals record: what the loop publishes after each G step. Watchdog, metrics and logs consume the same one."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class Signals:
+    """Health and progress of one G step (all D steps before it included). Values are this rank's."""
+
+    step: int
+    images_seen: int = 0
+    losses: dict[str, float] = field(default_factory=dict)  # "G", "D", "D/r1", "G/path_length", ...
+    d_real: float = 0.0  # mean D(real) logit
+    d_fake: float = 0.0  # mean D(fake) logit
+    grad_norm: dict[str, float] = field(default_factory=dict)  # per net, before clipping
+    layer_grad_norm: dict[str, float] = field(default_factory=dict)  # "D/blocks.0.conv.weight" -> norm
+    sigma: dict[str, float] = field(default_factory=dict)  # "D/blocks.0.conv" -> top singular value
+    nonfinite: int = 0  # non-finite values in losses, logits and gradients
+    seconds: dict[str, float] = field(default_factory=dict)  # "D", "G", "Dreg", "Greg", "data" -> seconds
+    data_wait: float = 0.0  # seconds waiting for the data loader
+    img_per_sec: float = 0.0
+    lr: dict[str, float] = field(default_factory=dict)
+    ema_distance: float | None = None  # ||EMA - G|| / ||G||
+    skipped_samples: int = 0  # cumulative, from the data source
+    verdict: str = "ok"  # watchdog verdict after this step: ok, warn, diverged
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON-ready)."""
+        return asdict(self)
+
+
+class SignalSink(Protocol):
+    """Anything that consumes the loop's signals and events (watchdog, metrics exporter, jsonl logger)."""
+
+    def publish(self, signals: Signals) -> None: ...
+
+    def event(self, record: dict) -> None: ...

@@ -20,7 +20,7 @@ ARCHS = {
 SOURCES = {
     "toy2d": "gandist.data.sources:Toy2DSource",
     "digits": "gandist.data.sources:DigitsSource",
-    "stacked_digits": "gandist.data.sources:StackedDigitsSource",
+    "stacked_digits": "gandist.data.stacked:StackedDigitsSource",
     "folder": "gandist.data.sources:FolderSource",
     "webdataset": "gandist.data.stream:WebDatasetSource",
 }

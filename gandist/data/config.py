@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from gandist.configbase import Section
 
@@ -57,6 +57,31 @@ class WebDatasetConfig(Section):
     image_key: str = Field("jpg;png;jpeg;webp", description="Keys tried for the image, in order.")
     max_skip_fraction: float = Field(0.01, ge=0, le=1, description="Stop with an error when skipped/seen samples exceed this.")
     retries: int = Field(3, ge=0, description="Retries (with backoff) of a transient read error.")
+    retry_backoff: float = Field(0.5, ge=0, description="Seconds before the first retry; doubled on each next one.")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict) -> dict:
+        # Config files get copied into run dirs, logs and job specs: secrets must come from the environment.
+        found = cls.credential_keys(options)
+        if found:
+            raise ValueError(
+                f"credentials do not belong in the config ({', '.join(found)}); set AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY in the environment or name an AWS profile (storage_options.profile)"
+            )
+        return options
+
+    @staticmethod
+    def credential_keys(options: dict, prefix: str = "") -> list[str]:
+        """Dotted keys of `options` (searched recursively) that look like credentials."""
+        found = []
+        for key, value in options.items():
+            name, lower = f"{prefix}{key}", str(key).lower()
+            if lower == "key" or any(w in lower for w in ("secret", "password", "token", "access_key", "credential")):
+                found.append(name)
+            if isinstance(value, dict):
+                found += WebDatasetConfig.credential_keys(value, f"{name}.")
+        return found
 
 
 DataConfig = Annotated[

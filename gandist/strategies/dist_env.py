@@ -1,0 +1,119 @@
+"""Process-group set-up shared by the ddp and zero strategies, and the collectives they expose to the loop.
+
+Who starts the processes does not matter here: torchrun and `gandist train --ray` (Ray Train) both set RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; Ray Train also initializes torch.distributed itself, in which
+case the existing default group is reused (and not destroyed by us on close).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+_ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class DistEnv:
+    """Where this process sits: its rank, the world size, its device and the group collectives run on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    group: Any
+    owns_group: bool  # we initialized it, so we destroy it on close
+
+
+def pick_device(device: str, local_rank: int) -> torch.device:
+    """cuda:LOCAL_RANK when CUDA is wanted and present, else cpu; `device` is train.device (auto, cpu, cuda)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; set train.device=cpu or auto")
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def pick_backend(backend: str, device: torch.device) -> str:
+    """distributed.backend resolved: auto -> nccl on CUDA, gloo on CPU; nccl on a CPU device is an error."""
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise RuntimeError("distributed.backend is 'nccl' but the device is CPU; set distributed.backend=gloo or auto")
+    return backend
+
+
+def init_process_group(backend: str = "auto", device: str = "auto") -> DistEnv:
+    """Reuse an initialized default group (Ray Train) or initialize one from the torchrun environment variables."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if dist.is_available() and dist.is_initialized():
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend(),
+                       dist.group.WORLD, owns_group=False)
+    missing = [k for k in _ENV_KEYS if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"distributed strategies need {', '.join(missing)} in the environment; launch with "
+            "`torchrun --nproc_per_node N -m gandist train ...` (or `gandist train --ray`), or use "
+            "distributed.strategy=single on one process")
+    chosen = pick_backend(backend, dev)
+    kwargs = {"device_id": dev} if chosen == "nccl" else {}
+    dist.init_process_group(backend=chosen, rank=int(os.environ["RANK"]),
+                            world_size=int(os.environ["WORLD_SIZE"]), **kwargs)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, chosen, dist.group.WORLD, owns_group=True)
+
+
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
+
+
+def all_reduce(tensor: torch.Tensor, op: str, env: DistEnv) -> torch.Tensor:
+    """In-place all-reduce over the group; op in sum, max, min, mean."""
+    if op not in _OPS:
+        raise ValueError(f"all_reduce op {op!r} is not one of {', '.join(_OPS)}")
+    dist.all_reduce(tensor, op=_OPS[op], group=env.group)
+    if op == "mean":
+        tensor.div_(env.world_size)
+    return tensor
+
+
+def broadcast_object(obj: Any, src: int, env: DistEnv) -> Any:
+    """Rank src's picklable object on every rank."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=env.group)
+    return box[0]
+
+
+@torch.no_grad()
+def broadcast_tensors(tensors: list[torch.Tensor], env: DistEnv, src: int = 0) -> None:
+    """Copy rank src's values into `tensors` on every rank (one flat broadcast per dtype)."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        dist.broadcast(flat, src=src, group=env.group)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def broadcast_module(module: nn.Module, env: DistEnv, params: bool = True) -> None:
+    """Make every rank hold rank 0's buffers (SN u/v/sigma, BN running stats) and, if `params`, its parameters."""
+    tensors = [b for b in module.buffers()]
+    if params:
+        tensors += [p.data for p in module.parameters()]
+    if tensors:
+        broadcast_tensors(tensors, env)
+
+
+def destroy(env: DistEnv) -> None:
+    """Destroy the default group if this module created it."""
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,409 @@
+"""Stream WebDataset tar shards over fsspec (local, s3://, memory://, ...) to every rank, resumably.
+
+The webdataset library parses the tar streams (member iteration, grouping files into samples, brace expansion);
+this module decides the order, so that a position can be saved and restored exactly:
+
+- Each rank runs W = max(1, data.workers) *streams* (one per DataLoader worker). A stream reads *chunks*: in the
+  non-resampled mode chunk c is epoch c (all shards in a seeded permutation, stream s of S taking shards s::S); in
+  the resampled mode chunk c is a seeded draw with replacement of about len(shards)/S shards.
+- Within a chunk, samples pass a shuffle buffer seeded by (seed, rank, stream, chunk) that is flushed at the chunk's
+  end. A stream's position is (chunk, samples emitted in it), so a resume reads at most one chunk's raw bytes again
+  (without decoding) to stand exactly where it stopped.
+- Workers batch their own samples; the DataLoader takes batches round-robin from the workers, so batch k comes
+  from stream (k0 + k) % W and the iterator knows each stream's position after every batch it hands out.
+
+Faults (missing, corrupt or truncated shard, undecodable image, transient read errors after `retries` retries with
+backoff) skip the sample or shard with a warning naming the URL and are counted; too many skips stop the run.
+"""
+from __future__ import annotations
+
+import logging
+import posixpath
+import random
+import tarfile
+import time
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from gandist.data.base import BatchIterator, DataInfo, DataSource
+from gandist.data.shards import read_manifest
+from gandist.errors import UserError
+
+log = logging.getLogger("gandist.data")
+
+MIN_SEEN_FOR_SKIP_CHECK = 100  # one early bad sample must not stop a run whose skip budget is 1%
+
+
+class DataStreamError(UserError):
+    """The stream cannot go on: too many skipped samples, a sample without the configured key, a bad label."""
+
+
+def expand_urls(pattern: str, storage_options: dict) -> list[str]:
+    """Shard URLs of a brace pattern (`train-{000000..000127}.tar`, several joined by `::`) or a glob (`*.tar`)."""
+    import fsspec
+    from webdataset.shardlists import expand_urls as wds_expand
+
+    urls: list[str] = []
+    for url in wds_expand(pattern):
+        if any(c in url for c in "*?["):
+            fs, path = fsspec.core.url_to_fs(url, **storage_options)
+            protocol = url.split("://")[0] + "://" if "://" in url else ""
+            urls += [protocol + p if protocol and not p.startswith(protocol) else p for p in sorted(fs.glob(path))]
+        else:
+            urls.append(url)
+    return urls
+
+
+def _is_transient(err: BaseException) -> bool:
+    """Network-ish errors worth retrying; a missing file, a bad tar or a permission problem is not."""
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, tarfile.TarError, ValueError)):
+        return False
+    if isinstance(err, (OSError, ConnectionError, TimeoutError)):
+        return True
+    module = type(err).__module__ or ""
+    return module.startswith(("botocore", "aiobotocore", "aiohttp", "urllib3", "requests"))
+
+
+class ShardReader:
+    """Reads raw samples of shards with retries; counts what it had to skip."""
+
+    def __init__(self, storage_options: dict, retries: int, backoff: float, expected: dict[str, int]):
+        self.storage_options = storage_options
+        self.retries, self.backoff = retries, backoff
+        self.expected = expected  # url -> sample count from the manifest
+        self.skipped = 0
+        self.seen = 0
+
+    def _skip_shard(self, url: str, read: int, why: str) -> None:
+        lost = max(1, self.expected.get(url, read + 1) - read)
+        self.skipped += lost
+        self.seen += lost
+        log.warning("data: skipping %s (%s): %d sample(s) counted as skipped", url, why, lost)
+
+    def samples(self, url: str) -> Iterator[dict]:
+        """Raw samples ({'__key__', '__url__', ext: bytes}) of one shard; faults end the shard early."""
+        import fsspec
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        read, attempt = 0, 0
+        while True:
+            try:
+                with fsspec.open(url, "rb", **self.storage_options) as stream:
+                    position = 0
+                    for sample in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                        position += 1
+                        if position <= read:  # already handed out before a retry
+                            continue
+                        read += 1
+                        self.seen += 1
+                        yield sample
+                break
+            except Exception as err:  # noqa: BLE001 - classified below; unknown errors are re-raised
+                if _is_transient(err) and attempt < self.retries:
+                    delay = self.backoff * 2**attempt
+                    attempt += 1
+                    log.warning("data: %s: transient error (%s), retry %d/%d in %.1fs", url, type(err).__name__,
+                                attempt, self.retries, delay)
+                    time.sleep(delay)
+                    continue
+                if isinstance(err, FileNotFoundError):
+                    self._skip_shard(url, read, "missing")
+                elif isinstance(err, (tarfile.TarError, ValueError, EOFError)) or _is_transient(err):
+                    self._skip_shard(url, read, f"{type(err).__name__}: {str(err)[:120]}")
+                else:
+                    raise
+                return
+        expected = self.expected.get(url)
+        if expected is not None and read < expected:
+            self._skip_shard(url, read, f"truncated: {read} of {expected} samples in the manifest")
+        elif expected is not None and read > expected:
+            raise DataStreamError(f"{url}: holds {read} samples but its manifest says {expected}; the manifest "
+                                  "disagrees with the shards (rewrite them with `gandist data shards`)")
+
+
+class Decoder:
+    """Raw sample -> (image [C, R, R] float in [-1, 1], label); undecodable images count as skipped."""
+
+    def __init__(self, cfg):
+        self.keys = [k.strip().lower() for k in cfg.image_key.split(";") if k.strip()]
+        self.resolution, self.channels, self.num_classes = cfg.resolution, cfg.channels, cfg.num_classes
+
+    def __call__(self, sample: dict, first_in_shard: bool) -> tuple[torch.Tensor, int] | None:
+        import io
+
+        from PIL import Image
+
+        url = sample.get("__url__", "?")
+        key = next((k for k in self.keys if k in sample), None)
+        if key is None or (self.num_classes and "cls" not in sample):
+            wanted = ";".join(self.keys) if key is None else "cls (data.num_classes > 0)"
+            found = sorted(k for k in sample if not k.startswith("__"))
+            if first_in_shard:  # every sample lacks it: the config and the shards disagree
+                raise DataStreamError(f"{url}: sample {sample['__key__']!r} has no {wanted} key (it has "
+                                      f"{', '.join(found)}); set data.image_key / data.num_classes to match the shards")
+            log.warning("data: %s: sample %r lacks %s; skipped", url, sample["__key__"], wanted)
+            return None
+        label = 0
+        if self.num_classes:
+            try:
+                label = int(sample["cls"].decode().strip())
+            except (UnicodeDecodeError, ValueError):
+                log.warning("data: %s: sample %r has an unreadable .cls; skipped", url, sample["__key__"])
+                return None
+            if not 0 <= label < self.num_classes:
+                raise DataStreamError(f"{url}: sample {sample['__key__']!r} has class {label}, outside "
+                                      f"data.num_classes={self.num_classes}; raise data.num_classes")
+        try:
+            with Image.open(io.BytesIO(sample[key])) as im:
+                im = im.convert("L" if self.channels == 1 else "RGB")
+                r = self.resolution
+                if im.size != (r, r):
+                    w, h = im.size
+                    scale = r / min(w, h)
+                    im = im.resize((max(r, round(w * scale)), max(r, round(h * scale))), Image.BICUBIC)
+                    w, h = im.size
+                    left, top = (w - r) // 2, (h - r) // 2
+                    im = im.crop((left, top, left + r, top + r))
+                arr = np.asarray(im, dtype=np.uint8)
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
+            log.warning("data: %s: sample %r: cannot decode image (%s); skipped", url, sample["__key__"], err)
+            return None
+        x = torch.from_numpy(arr.copy())
+        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+        return x, label
+
+
+class StreamDataset(torch.utils.data.IterableDataset):
+    """The batches of W streams of one rank; DataLoader worker i plays stream (i + rotation) % W."""
+
+    def __init__(self, cfg, urls, expected, rank, world_size, streams, batch, seed, starts, rotation):
+        super().__init__()
+        self.cfg, self.urls, self.expected = cfg, urls, expected
+        self.rank, self.world_size, self.streams, self.batch, self.seed = rank, world_size, streams, batch, seed
+        self.starts, self.rotation = starts, rotation  # per-stream {"chunk", "emitted", "skipped", "seen"}
+
+    def chunk_shards(self, stream: int, chunk: int) -> tuple[list[str], int, int]:
+        """(shards, sample modulus, sample offset) of a chunk: shards split by stream, or samples when too few."""
+        total = self.world_size * self.streams
+        global_stream = self.rank * self.streams + stream
+        if self.cfg.resampled:
+            rng = random.Random(f"{self.seed}/resampled/{self.rank}/{stream}/{chunk}")
+            return [rng.choice(self.urls) for _ in range(max(1, len(self.urls) // total))], 1, 0
+        order = list(self.urls)
+        if self.cfg.shuffle_buffer:
+            random.Random(f"{self.seed}/epoch/{chunk}").shuffle(order)
+        if len(order) >= total:
+            return order[global_stream::total], 1, 0
+        return order, total, global_stream  # every stream reads all shards and keeps every total-th sample
+
+    def stream_samples(self, stream: int) -> Iterator[dict]:
+        """Endless batches of one stream, each tagged with the stream's position after it."""
+        start = self.starts[stream]
+        reader = ShardReader(self.cfg.storage_options, self.cfg.retries, self.cfg.retry_backoff, self.expected)
+        reader.skipped, reader.seen = start["skipped"], start["seen"]
+        decode = Decoder(self.cfg)
+        chunk, skip = start["chunk"], start["emitted"]
+        xs, ys, decode_skipped, empty_chunks = [], [], 0, 0
+        while True:
+            shards, modulus, offset = self.chunk_shards(stream, chunk)
+            rng = random.Random(f"{self.seed}/shuffle/{self.rank}/{stream}/{chunk}")
+            emitted = 0
+            for sample, first in self._shuffled(reader, shards, modulus, offset, rng):
+                emitted += 1
+                flip = self.cfg.hflip and rng.random() < 0.5
+                if emitted <= skip:  # replaying to the saved position: no decoding
+                    if emitted == skip:  # the reader now stands where it stood when the position was saved
+                        reader.skipped, reader.seen, decode_skipped = start["skipped"], start["seen"], 0
+                    continue
+                item = decode(sample, first)
+                if item is None:
+                    decode_skipped += 1
+                    continue
+                xs.append(item[0].flip(-1) if flip else item[0])
+                ys.append(item[1])
+                if len(xs) == self.batch:
+                    state = {"chunk": chunk, "emitted": emitted, "skipped": reader.skipped + decode_skipped,
+                             "seen": reader.seen}
+                    yield {"x": torch.stack(xs), "y": torch.tensor(ys), "stream": stream, "state": state}
+                    xs, ys = [], []
+            empty_chunks = empty_chunks + 1 if emitted == 0 else 0
+            if empty_chunks >= 3:  # nothing readable: no batch would ever reach the skip-budget check
+                raise DataStreamError(f"{self.cfg.urls}: three chunks in a row gave no samples (every shard read "
+                                      "was missing or corrupt); check the shards and data.storage_options")
+            chunk, skip = chunk + 1, 0
+
+    def _shuffled(self, reader, shards, modulus, offset, rng) -> Iterator[tuple[dict, bool]]:
+        """(raw sample, first of its shard) through a shuffle buffer that is flushed at the end."""
+        size = self.cfg.shuffle_buffer
+        buffer: list[tuple[dict, bool]] = []
+        index = 0
+        for url in shards:
+            for position, sample in enumerate(reader.samples(url)):
+                index += 1
+                if (index - 1) % modulus != offset:
+                    continue
+                item = (sample, position == 0)
+                if size <= 1:
+                    yield item
+                    continue
+                if len(buffer) < size:
+                    buffer.append(item)
+                    continue
+                pick = rng.randrange(size)
+                buffer[pick], item = item, buffer[pick]
+                yield item
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        if info is not None:
+            torch.set_num_threads(1)
+        stream = (worker + self.rotation) % self.streams
+        try:
+            yield from self.stream_samples(stream)
+        except DataStreamError as err:  # sent as data: a worker's exception would reach the user as a traceback
+            yield {"error": str(err), "stream": stream}
+
+
+class StreamBatches(BatchIterator):
+    """This rank's batches from the shard streams, with positions, skip counts and the skip budget."""
+
+    def __init__(self, source: "WebDatasetSource", rank: int, world_size: int, global_batch: int, seed: int):
+        if global_batch % world_size:
+            raise UserError(f"train.batch_size {global_batch} is not divisible by the world size {world_size}")
+        self.source, self.rank, self.world_size, self.seed = source, rank, world_size, seed
+        self.batch = global_batch // world_size
+        self.streams = max(1, source.cfg.workers)
+        self.positions = [{"chunk": 0, "emitted": 0, "skipped": 0, "seen": 0} for _ in range(self.streams)]
+        self.batches = 0
+        self._iter = None
+        self._loader = None
+
+    @property
+    def skipped_samples(self) -> int:  # type: ignore[override]
+        """Samples skipped so far by this rank (all streams)."""
+        return sum(p["skipped"] for p in self.positions)
+
+    @property
+    def seen_samples(self) -> int:
+        """Samples read or lost so far by this rank (all streams)."""
+        return sum(p["seen"] for p in self.positions)
+
+    def _start(self) -> None:
+        cfg = self.source.cfg
+        dataset = StreamDataset(cfg, self.source.urls, self.source.expected, self.rank, self.world_size,
+                                self.streams, self.batch, self.seed, [dict(p) for p in self.positions],
+                                self.batches % self.streams)
+        if cfg.workers == 0:
+            self._iter = iter(dataset)
+            return
+        self._loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
+                                                   prefetch_factor=cfg.prefetch, persistent_workers=False)
+        self._iter = iter(self._loader)
+
+    def __next__(self):
+        if self._iter is None:
+            self._start()
+        item = next(self._iter)
+        if "error" in item:
+            self.close()
+            raise DataStreamError(item["error"])
+        self.positions[item["stream"]] = dict(item["state"])
+        self.batches += 1
+        self._check_skip_budget()
+        y = item["y"] if self.source.info.num_classes else None
+        return item["x"].float().div_(127.5).sub_(1.0), y
+
+    def _check_skip_budget(self) -> None:
+        skipped, seen = self.skipped_samples, self.seen_samples
+        budget = self.source.cfg.max_skip_fraction
+        if skipped > budget * max(seen, MIN_SEEN_FOR_SKIP_CHECK):
+            self.close()
+            raise DataStreamError(
+                f"{self.source.cfg.urls}: {skipped} of {seen} samples skipped ({skipped / max(seen, 1):.1%}), more "
+                f"than data.max_skip_fraction={budget}; repair the shards named in the warnings above or raise it")
+
+    def state_dict(self) -> dict:
+        return {"rank": self.rank, "world_size": self.world_size, "streams": self.streams, "batches": self.batches,
+                "positions": [dict(p) for p in self.positions], "resampled": self.source.cfg.resampled}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.close()
+        positions = [dict(p) for p in state.get("positions", [])]
+        same = (state.get("world_size") == self.world_size and state.get("streams") == self.streams
+                and len(positions) == self.streams)
+        if same:
+            self.positions, self.batches = positions, int(state["batches"])
+            return
+        # Another layout cannot continue each stream; start a fresh chunk rather than replay the first one.
+        chunk = 1 + max((p["chunk"] for p in positions), default=-1)
+        log.warning("data: resuming with %d rank(s) x %d worker(s) instead of %s x %s: streams restart at chunk %d",
+                    self.world_size, self.streams, state.get("world_size"), state.get("streams"), chunk)
+        self.positions = [{"chunk": chunk, "emitted": 0, "skipped": 0, "seen": 0} for _ in range(self.streams)]
+        self.batches = 0
+
+    def close(self) -> None:
+        loader_iter = self._iter
+        self._iter, self._loader = None, None
+        shutdown = getattr(loader_iter, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+class WebDatasetSource(DataSource):
+    """`data.kind: webdataset`: tar shards named by a brace pattern over any fsspec URL."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.urls = expand_urls(cfg.urls, cfg.storage_options)
+        if not self.urls:
+            raise UserError(f"data.urls: {cfg.urls!r} matches no shard URL; write shards with `gandist data shards`")
+        self.expected = self._check_against_listing_and_manifest()
+        self.info = DataInfo(shape=(cfg.channels, cfg.resolution, cfg.resolution), num_classes=cfg.num_classes)
+
+    def _check_against_listing_and_manifest(self) -> dict[str, int]:
+        """url -> manifest sample count; errors for a pattern matching nothing or disagreeing with the manifest."""
+        import fsspec
+
+        expected: dict[str, int] = {}
+        present = 0
+        by_dir: dict[str, list[str]] = {}
+        for url in self.urls:
+            by_dir.setdefault(url.rsplit("/", 1)[0] if "/" in url else ".", []).append(url)
+        for directory, urls in by_dir.items():
+            fs, root = fsspec.core.url_to_fs(directory, **self.cfg.storage_options)
+            try:
+                listed = {posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
+            except FileNotFoundError:
+                listed = set()
+            names = [u.rsplit("/", 1)[-1] for u in urls]
+            present += sum(n in listed for n in names)
+            missing = [u for u, n in zip(urls, names) if n not in listed]
+            if missing and len(missing) < len(urls):
+                log.warning("data: %d shard(s) of %s are missing (e.g. %s); they will be skipped and counted",
+                            len(missing), self.cfg.urls, missing[0])
+            manifest = read_manifest(fs, root) if listed else None
+            if manifest is None:
+                continue
+            counts = {s["name"]: int(s["samples"]) for s in manifest["shards"]}
+            unknown = [u for u, n in zip(urls, names) if n not in counts]
+            if unknown:
+                raise UserError(f"{unknown[0]}: not in {directory}/manifest.json ({len(unknown)} such shard(s)); "
+                                "the manifest disagrees with data.urls: fix the pattern or rewrite the shards")
+            classes = manifest.get("classes") or []
+            if self.cfg.num_classes and classes and len(classes) != self.cfg.num_classes:
+                raise UserError(f"{directory}/manifest.json lists {len(classes)} classes but data.num_classes is "
+                                f"{self.cfg.num_classes}; set data.num_classes: {len(classes)}")
+            expected.update({u: counts[n] for u, n in zip(urls, names)})
+        if present == 0:
+            raise UserError(f"data.urls: {self.cfg.urls!r} matches no existing shard (first: {self.urls[0]}); "
+                            "check the pattern and data.storage_options, or write shards with `gandist data shards`")
+        return expected
+
+    def loader(self, rank: int, world_size: int, global_batch: int, seed: int) -> StreamBatches:
+        """This rank's iterator (starts its DataLoader workers on the first batch)."""
+        return StreamBatches(self, rank, world_size, global_batch, seed)

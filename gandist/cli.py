@@ -5,6 +5,8 @@ import argparse
 import importlib
 import sys
 
+from gandist.errors import UserError  # noqa: F401  (re-exported: subsystem CLIs raise it)
+
 # Subsystems that add subcommands (each module's add_cli(subparsers) must import nothing heavy at module level).
 SUBSYSTEM_CLIS = (
     "gandist.models.cli",  # info
@@ -16,10 +18,6 @@ SUBSYSTEM_CLIS = (
 
 EXIT_USER_ERROR = 2
 EXIT_WATCHDOG_GAVE_UP = 3
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

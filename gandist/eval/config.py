@@ -1,14 +1,39 @@
 """Config of evaluation during and after training."""
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from gandist.configbase import Section
 
+METRICS = ("fid", "kid", "is", "pr", "modes")
+
 
 class EvalConfig(Section):
-    """Periodic evaluation and best-checkpoint tracking."""
+    """Periodic evaluation, best-checkpoint tracking and metric settings (also the defaults of `gandist eval`)."""
 
-    every: int = Field(0, ge=0, description="Evaluate every k steps (0: off).")
-    metrics: list[str] = Field(default_factory=list, description="Metrics to compute: fid, kid, is, pr, modes.")
-    num: int = Field(2000, gt=0, description="Generated samples per evaluation.")
+    every: int = Field(0, ge=0, description="Evaluate every k steps during training (0: off).")
+    metrics: list[str] = Field(default_factory=list, description="Metrics: fid, kid, is, pr, modes ([]: modes for toy2d and stacked digits, plus fid for images).")
+    num: int = Field(2000, gt=0, description="Generated samples per evaluation (split across ranks).")
+    reference_num: int = Field(0, ge=0, description="Real samples for the reference statistics (0: same as num).")
+    features: Literal["auto", "digits", "inception"] = Field("auto", description="Feature network: digits (built in), inception (needs features_path); auto: digits.")
+    features_path: str | None = Field(None, description="Weights of the feature network: a path or fsspec URL (inception: pt_inception-2015-12-05-6726825d.pth).")
+    features_sha256: str | None = Field(None, description="Expected sha256 of the weights (default for inception: the file's published prefix 6726825d).")
+    batch_size: int = Field(250, gt=0, description="Samples per generator/feature batch.")
+    kid_subsets: int = Field(100, gt=0, description="KID: number of random subsets.")
+    kid_subset_size: int = Field(1000, gt=1, description="KID: samples per subset (capped at the samples available).")
+    pr_k: int = Field(3, gt=0, description="Precision/recall: k of the k-NN manifold radius (Kynkaanniemi et al.: 3).")
+    max_buffer: int = Field(10000, gt=0, description="KID and precision/recall use at most this many feature vectors per side.")
+    is_splits: int = Field(10, gt=0, description="Inception Score: number of splits.")
+    min_share: float = Field(0.1, gt=0, le=1, description="toy2d: a mode is captured with >= min_share x N/K high-quality samples.")
+    seed: int = Field(1234, ge=0, description="Seed of the evaluation latents and real-sample draws (fixed: runs compare fairly).")
+    best_metric: str | None = Field(None, description="Metric that picks the best checkpoint (default: fid if computed, else modes).")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        for m in metrics:
+            if m not in METRICS:
+                raise ValueError(f"unknown metric {m!r}; choose from {', '.join(METRICS)}")
+        return metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from gandist.configbase import Section
 
@@ -48,6 +48,7 @@ class BigGANConfig(_ArchBase):
 
     arch: Literal["biggan", "biggan_deep"] = "biggan"
     z_dim: int = Field(120, gt=0, description="Dimension of z (split hierarchically across blocks).")
+    num_classes: int | None = Field(None, ge=0, description="Classes the model is built for (None: the data's; a mismatch is an error).")
     ch: int = Field(96, gt=0, description="Channel multiplier of G (G_ch).")
     d_ch: int = Field(96, gt=0, description="Channel multiplier of D (D_ch).")
     shared_dim: int = Field(128, ge=0, description="Size of the shared class embedding (0: none).")
@@ -55,9 +56,26 @@ class BigGANConfig(_ArchBase):
     d_attention: list[int] | None = Field(None, description="Resolutions with self-attention in D (None: same as G).")
     hier: bool = Field(True, description="Hierarchical latents (skip-z): split z across G's blocks.")
     blocks_per_stage: int = Field(2, ge=1, description="BigGAN-deep only: residual blocks per resolution.")
+    channel_ratio: int = Field(4, ge=1, description="BigGAN-deep only: bottleneck ratio of each block's hidden width.")
+    d_wide: bool = Field(True, description="D blocks' hidden width is their output width (BigGAN's D_wide).")
+    sn_g: bool = Field(True, description="Spectral norm in G (D always has it).")
     bn_eps: float = Field(1e-5, gt=0, description="Epsilon of the (conditional) batch norms.")
     sn_eps: float = Field(1e-6, gt=0, description="Epsilon of spectral norm.")
-    ortho_init: bool = Field(True, description="Orthogonal weight initialisation.")
+    ortho_init: bool = Field(True, description="Orthogonal weight initialisation (False: N(0, 0.02), BigGAN's N02).")
+
+    @field_validator("attention", "d_attention")
+    @classmethod
+    def _attention_powers_of_two(cls, res: list[int] | None) -> list[int] | None:
+        for r in res or []:
+            if r < 4 or r & (r - 1):
+                raise ValueError(f"attention resolutions must be powers of two >= 4 (like 64), got {r}")
+        return res
+
+    @model_validator(mode="after")
+    def _hier_needs_shared(self) -> "BigGANConfig":
+        if self.arch == "biggan" and self.hier and self.conditional and self.shared_dim == 0:
+            raise ValueError("hier: true with a conditional model needs shared_dim > 0 (e.g. 128), or set hier: false")
+        return self
 
 
 class StyleGAN2Config(_ArchBase):
@@ -65,11 +83,14 @@ class StyleGAN2Config(_ArchBase):
 
     arch: Literal["stylegan2"] = "stylegan2"
     z_dim: int = Field(512, gt=0, description="Dimension of z.")
+    num_classes: int | None = Field(None, ge=0, description="Classes the model is built for (None: the data's; a mismatch is an error).")
     w_dim: int = Field(512, gt=0, description="Dimension of w.")
     mapping_layers: int = Field(8, ge=1, description="Depth of the mapping network.")
+    d_mapping_layers: int = Field(8, ge=1, description="Depth of D's class mapping network (conditional D only).")
     channel_base: int = Field(32768, gt=0, description="Channels at a resolution: min(channel_base / res, channel_max).")
     channel_max: int = Field(512, gt=0, description="Largest channel count.")
     mapping_lr_mul: float = Field(0.01, gt=0, description="Learning-rate multiplier of the mapping network.")
+    w_avg_beta: float = Field(0.995, ge=0, lt=1, description="Decay of the running mean of w (truncation target).")
     style_mixing_prob: float = Field(0.9, ge=0, le=1, description="Probability of style mixing in training.")
     mbstd_group: int = Field(4, ge=1, description="Group size of the minibatch standard deviation layer.")
     conv_clamp: float | None = Field(None, description="Clamp conv outputs (used with fp16).")

@@ -21,18 +21,22 @@ class SpectralNormMixin:
         cols = weight.numel() // rows
         self.power_iterations = power_iterations
         self.sn_eps = eps
-        generator = torch.Generator().manual_seed(rows * 7919 + cols)  # deterministic init, same on every rank
-        u = F.normalize(torch.randn(rows, generator=generator), dim=0, eps=eps)
-        v = F.normalize(torch.randn(cols, generator=generator), dim=0, eps=eps)
+        if weight.is_meta:  # shape-only build (parameter counts, FLOP estimates): no values to draw
+            u, v = torch.empty(rows, device="meta"), torch.empty(cols, device="meta")
+        else:
+            generator = torch.Generator().manual_seed(rows * 7919 + cols)  # deterministic init, same on every rank
+            u = F.normalize(torch.randn(rows, generator=generator), dim=0, eps=eps).to(weight.device)
+            v = F.normalize(torch.randn(cols, generator=generator), dim=0, eps=eps).to(weight.device)
         self.register_buffer("u", u.to(weight.dtype))
         self.register_buffer("v", v.to(weight.dtype))
-        self.register_buffer("sigma", torch.ones((), dtype=weight.dtype))
+        self.register_buffer("sigma", torch.ones((), dtype=weight.dtype, device=weight.device))
 
     def weight_matrix(self) -> torch.Tensor:
         """The weight as [out, in*k*k] (for embeddings: [num_embeddings, dim]^T so rows are outputs)."""
         return self.weight.reshape(self.weight.shape[0], -1)
 
     def normalized_weight(self) -> torch.Tensor:
+        """W / sigma, running `power_iterations` steps of the power method first when training."""
         w = self.weight_matrix()
         if self.training:
             with torch.no_grad():
@@ -88,18 +92,19 @@ def spectral_norm_layers(module: nn.Module) -> dict[str, SpectralNormMixin]:
     return {name: m for name, m in module.named_modules() if isinstance(m, SpectralNormMixin)}
 
 
-def linear(in_f: int, out_f: int, sn: bool, bias: bool = True) -> nn.Module:
+def linear(in_f: int, out_f: int, sn: bool, bias: bool = True, eps: float = 1e-6) -> nn.Module:
     """A linear layer, spectrally normalized when `sn`."""
-    return SNLinear(in_f, out_f, bias=bias) if sn else nn.Linear(in_f, out_f, bias=bias)
+    return SNLinear(in_f, out_f, bias=bias, eps=eps) if sn else nn.Linear(in_f, out_f, bias=bias)
 
 
 def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0, sn: bool = False,
-           bias: bool = True) -> nn.Module:
+           bias: bool = True, eps: float = 1e-6) -> nn.Module:
     """A conv layer, spectrally normalized when `sn`."""
-    cls = SNConv2d if sn else nn.Conv2d
-    return cls(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias)
+    if sn:
+        return SNConv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias, eps=eps)
+    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias)
 
 
-def embedding(num: int, dim: int, sn: bool) -> nn.Module:
+def embedding(num: int, dim: int, sn: bool, eps: float = 1e-6) -> nn.Module:
     """An embedding, spectrally normalized when `sn`."""
-    return SNEmbedding(num, dim) if sn else nn.Embedding(num, dim)
+    return SNEmbedding(num, dim, eps=eps) if sn else nn.Embedding(num, dim)

@@ -9,13 +9,14 @@ Interface (the loop relies on exactly this):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from gandist.objectives.augment import GlobalRandom
+from gandist.objectives.augment import GlobalRandom, consistency_transform
 
 
 @dataclass
@@ -34,6 +35,8 @@ class PenaltyContext:
     z: torch.Tensor | None = None
     y: torch.Tensor | None = None
     rand: GlobalRandom | None = None
+    # optional: mean of a scalar over ranks (strategy all-reduce / world size); path length's running mean uses it
+    reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class Penalty:
@@ -46,7 +49,16 @@ class Penalty:
         self.cfg = cfg
         self.weight = float(cfg.weight)
         self.every = int(cfg.every)
-        self.last_value = 0.0
+        self._last: torch.Tensor | float = 0.0
+
+    @property
+    def last_value(self) -> float:
+        """The last unweighted value (a float; read lazily so that GPU runs sync only when signals are logged)."""
+        return float(self._last)
+
+    @last_value.setter
+    def last_value(self, value) -> None:
+        self._last = value.detach() if isinstance(value, torch.Tensor) else float(value)
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         """The weighted penalty term."""
@@ -56,10 +68,17 @@ class Penalty:
         """Hook after an optimizer step of `self.net` (no-op by default)."""
 
     def state_dict(self) -> dict:
+        """Running state saved in checkpoints (none by default)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """Restore what state_dict() returned."""
+
+    def _need(self, ctx: PenaltyContext, *names: str) -> None:
+        """Fail with one clear sentence when the loop did not provide a field this penalty uses."""
+        for name in names:
+            if getattr(ctx, name) is None:
+                raise ValueError(f"penalty {self.name}: PenaltyContext.{name} is missing (the {self.net} phase must pass it)")
 
 
 def build_penalties(cfgs: list) -> list[Penalty]:
@@ -68,3 +87,165 @@ def build_penalties(cfgs: list) -> list[Penalty]:
 
 
 PENALTIES: dict[str, type[Penalty]] = {}
+
+
+def _register(cls: type[Penalty]) -> type[Penalty]:
+    PENALTIES[cls.name] = cls
+    return cls
+
+
+def input_grads(ctx: PenaltyContext, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """grad_x sum(D(x)) reshaped to [D inputs, -1] (one row per pack under PacGAN), graph kept to train D."""
+    x = x.detach().requires_grad_(True)
+    logits = ctx.d_forward(x, y)
+    # create_graph: the penalty is a function of D's parameters through this gradient (double backward)
+    (grad,) = torch.autograd.grad(logits.float().sum(), x, create_graph=True)
+    return grad.float().reshape(logits.shape[0], -1)
+
+
+def _uniform_like_batch(rand: GlobalRandom, x: torch.Tensor) -> torch.Tensor:
+    """One U[0,1) per sample, shaped [N, 1, ...] to broadcast over x."""
+    return rand.rand(x.shape[0], *([1] * (x.dim() - 1))).to(device=x.device, dtype=x.dtype)
+
+
+@_register
+class GradientPenalty(Penalty):
+    """WGAN-GP (Gulrajani et al. 2017): weight * E(||grad D(eps*real + (1-eps)*fake)|| - center)^2."""
+
+    name = "gp"
+
+    def loss(self, ctx: PenaltyContext) -> torch.Tensor:
+        self._need(ctx, "real", "fake", "rand")
+        eps = _uniform_like_batch(ctx.rand, ctx.real)
+        x_hat = eps * ctx.real.detach() + (1 - eps) * ctx.fake.detach()
+        norms = torch.linalg.vector_norm(input_grads(ctx, x_hat, ctx.real_y), dim=1)
+        value = (norms - self.cfg.center).square().mean()
+        self.last_value = value
+        return self.weight * value
+
+
+@_register
+class Dragan(Penalty):
+    """DRAGAN (Kodali et al. 2017): the gradient penalty at points between real and real + c*std(real)*U[0,1)."""
+
+    name = "dragan"
+
+    def loss(self, ctx: PenaltyContext) -> torch.Tensor:
+        self._need(ctx, "real", "rand")
+        real = ctx.real.detach()
+        # the reference implementation's perturbation: uniform noise scaled by the batch's std
+        perturb = self.cfg.perturb_std * real.std() * ctx.rand.rand(real.shape[0], *real.shape[1:]).to(real)
+        x_hat = real + _uniform_like_batch(ctx.rand, real) * perturb
+        norms = torch.linalg.vector_norm(input_grads(ctx, x_hat, ctx.real_y), dim=1)
+        value = (norms - self.cfg.center).square().mean()
+        self.last_value = value
+        return self.weight * value
+
+
+@_register
+class R1(Penalty):
+    """R1 (Mescheder et al. 2018): gamma/2 * E||grad_x D(x_real)||^2; `weight` is gamma."""
+
+    name = "r1"
+
+    def loss(self, ctx: PenaltyContext) -> torch.Tensor:
+        self._need(ctx, "real")
+        value = input_grads(ctx, ctx.real, ctx.real_y).square().sum(1).mean()
+        self.last_value = value
+        return 0.5 * self.weight * value
+
+
+@_register
+class WeightClip(Penalty):
+    """WGAN weight clipping: after each D step every parameter of D is clamped to [-clip, clip]."""
+
+    name = "weight_clip"
+
+    def loss(self, ctx: PenaltyContext) -> torch.Tensor:
+        device = ctx.real.device if ctx.real is not None else "cpu"
+        return torch.zeros((), device=device)
+
+    @torch.no_grad()
+    def after_step(self, module: nn.Module) -> None:
+        """Clamp every parameter of the plain module in place."""
+        for p in module.parameters():
+            p.clamp_(-self.cfg.clip, self.cfg.clip)
+
+
+@_register
+class BalancedConsistency(Penalty):
+    """bCR (Zhao et al. 2021): weight * (E(D(x)-D(T(x)))^2 on real + the same on fake), T = DiffAugment policies."""
+
+    name = "bcr"
+
+    def loss(self, ctx: PenaltyContext) -> torch.Tensor:
+        self._need(ctx, "real", "fake", "rand")
+        value = self._term(ctx, ctx.real.detach(), ctx.real_y) + self._term(ctx, ctx.fake.detach(), ctx.fake_y)
+        self.last_value = value
+        return self.weight * value
+
+    def _term(self, ctx: PenaltyContext, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"penalty bcr: its transforms ({self.cfg.augment}) need image batches, got shape "
+                             f"{list(x.shape)}; remove bcr from penalties for non-image data")
+        x_t = consistency_transform(x, self.cfg.augment, ctx.rand)
+        return (ctx.d_forward(x, y).float() - ctx.d_forward(x_t, y).float()).square().mean()
+
+
+@_register
+class PathLength(Penalty):
+    """StyleGAN2 path-length regularization: weight * E(||J_w^T n|| - a)^2, a the running mean of ||J_w^T n||."""
+
+    name = "path_length"
+    net = "G"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.pl_mean = torch.zeros((), dtype=torch.float32)
+
+    def loss(self, ctx: PenaltyContext) -> torch.Tensor:
+        self._need(ctx, "G", "z", "rand")
+        G = ctx.G
+        if not (hasattr(G, "mapping") and hasattr(G, "synthesis")):
+            raise ValueError(f"penalty path_length: {type(G).__name__} has no mapping/synthesis; "
+                             "use it with model.arch=stylegan2 or remove it from penalties")
+        n = max(1, ctx.z.shape[0] // self.cfg.batch_shrink)
+        ws = G.mapping(ctx.z[:n], None if ctx.y is None else ctx.y[:n])
+        img = G.synthesis(ws)
+        pixels = math.prod(img.shape[2:]) or 1
+        # noise scaled by 1/sqrt(pixels) so that the length does not depend on the resolution (StyleGAN2)
+        noise = ctx.rand.randn(n, *img.shape[1:]).to(img) / math.sqrt(pixels)
+        (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+        grad = grad.float().reshape(n, -1, grad.shape[-1])  # [N, num_ws, w_dim]
+        lengths = grad.square().sum(2).mean(1).sqrt()
+        batch_mean = lengths.mean().detach()
+        if ctx.reduce_mean is not None:
+            batch_mean = ctx.reduce_mean(batch_mean)
+        self.pl_mean = self.pl_mean.to(batch_mean.device).lerp(batch_mean, self.cfg.decay)
+        value = (lengths - self.pl_mean).square().mean()
+        self.last_value = value
+        return self.weight * value
+
+    def state_dict(self) -> dict:
+        """The running mean path length."""
+        return {"pl_mean": self.pl_mean.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the running mean path length."""
+        self.pl_mean = torch.as_tensor(state["pl_mean"], dtype=torch.float32).clone()
+
+
+@_register
+class Ortho(Penalty):
+    """BigGAN orthogonal regularization of G: beta * sum ||W^T W * (1 - I)||_F^2 (gandist.nn.ortho)."""
+
+    name = "ortho"
+    net = "G"
+
+    def loss(self, ctx: PenaltyContext) -> torch.Tensor:
+        self._need(ctx, "G")
+        from gandist.nn.ortho import ortho_penalty  # written with the BigGAN layers; imported when used
+
+        value = ortho_penalty(ctx.G, self.weight)
+        self.last_value = value / self.weight if self.weight else value
+        return value

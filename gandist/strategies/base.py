@@ -21,6 +21,12 @@ from torch import nn
 NETS = ("G", "D")
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 @dataclass
 class StepStats:
     """What one optimizer step saw, before clipping: the watchdog and telemetry read it."""
@@ -83,16 +89,45 @@ class Strategy(ABC):
     def set_lr_scale(self, name: str, scale: float) -> None:
         """Multiply `name`'s base learning rate by `scale` (watchdog mitigation, fault injection)."""
 
+    # Collectives: generic over torch.distributed (any backend); identity on one process.
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """Reduce over ranks in place and return it; op in sum, max, min, mean. Identity on one process."""
+        if not _distributed():
+            return tensor
+        import torch.distributed as dist
+
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
+        dist.all_reduce(tensor, op=ops[op])
+        if op == "mean":
+            tensor /= dist.get_world_size()
         return tensor
 
     def barrier(self) -> None:
         """Wait for every rank."""
+        if _distributed():
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """Rank src's object on every rank."""
-        return obj
+        if not _distributed():
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list:
+        """Every rank's object, in rank order."""
+        if not _distributed():
+            return [obj]
+        import torch.distributed as dist
+
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
 
     @contextlib.contextmanager
     def gathered(self, name: str) -> Iterator[nn.Module]:

@@ -117,3 +117,92 @@ def destroy(env: DistEnv) -> None:
     """Destroy the default group if this module created it."""
     if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What ddp and zero share: the group, collectives, phase freezing, lr scaling.
+
+
+class DistributedBase:
+    """Mixin for multi-process strategies: owns `env`, implements the Strategy collectives and `phase`."""
+
+    env: DistEnv
+    modules: dict[str, nn.Module]
+    trainable: dict[str, list[nn.Parameter]]
+    base_lr: dict[str, float]
+    lr_scale: dict[str, float]
+
+    def _init_env(self, cfg) -> None:
+        self.cfg = cfg
+        self.env = init_process_group(cfg.distributed.backend, cfg.train.device)
+        self.rank, self.world_size = self.env.rank, self.env.world_size
+        self.local_rank, self.device = self.env.local_rank, self.env.device
+        self.process_group = self.env.group
+        self.current_phase: str | None = None
+
+    def micro_batch(self, accumulation: int) -> int:
+        """Per-rank micro-batch size; an error naming the keys when the global batch does not divide."""
+        batch = self.cfg.train.batch_size
+        if batch % (self.world_size * accumulation):
+            raise ValueError(
+                f"train.batch_size {batch} is not divisible by world size {self.world_size} x optim.accumulation "
+                f"{accumulation}; choose a multiple of {self.world_size * accumulation}")
+        return batch // (self.world_size * accumulation)
+
+    def _remember_trainable(self, G: nn.Module, D: nn.Module) -> None:
+        self.modules = {"G": G, "D": D}
+        self.trainable = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.modules.items()}
+
+    def _set_trainable(self, name: str, flag: bool) -> None:
+        for p in self.trainable[name]:
+            p.requires_grad_(flag)
+
+    def phase(self, name: str):
+        """Only `name`'s params require grad inside (DeepSpeed#399: the other net must hold no stray grads)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            other = "D" if name == "G" else "G"
+            self._set_trainable(name, True)
+            self._set_trainable(other, False)
+            self.current_phase = name
+            try:
+                yield
+            finally:
+                self.current_phase = None
+                self._set_trainable(other, True)
+
+        return ctx()
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce over ranks in place and return it; op in sum, max, min, mean."""
+        return all_reduce(tensor, op, self.env)
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        dist.barrier(group=self.env.group)
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank src's object on every rank."""
+        return broadcast_object(obj, src, self.env)
+
+    def set_lr_scale(self, name: str, scale: float) -> None:
+        """Multiply `name`'s base learning rate by `scale`."""
+        self.lr_scale[name] = float(scale)
+        for group in self._param_groups(name):
+            group["lr"] = self.base_lr[name] * self.lr_scale[name]
+
+    def autocast(self):
+        """bf16 autocast when train.amp is bf16 (fp16: CUDA only), else a no-op context."""
+        import contextlib
+
+        amp = self.cfg.train.amp
+        if amp == "off":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def close(self) -> None:
+        """Destroy the process group if we created it."""
+        destroy(self.env)

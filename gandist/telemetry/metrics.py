@@ -28,7 +28,7 @@ SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 VERDICTS = ("ok", "warn", "diverged")
 # Event kinds that get their own label value; anything else is counted as "other" (bounded cardinality).
-EVENT_KINDS = ("diverged", "rollback", "checkpoint", "mitigation", "resume", "gave_up", "warn")
+EVENT_KINDS = ("start", "end", "diverged", "rollback", "checkpoint", "gave_up", "eval")
 
 
 def event_kind(record: dict) -> str:

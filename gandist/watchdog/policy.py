@@ -108,6 +108,7 @@ class Watchdog:
         reason = finding.reason if finding else "diverged on another rank"
         details = dict(finding.details) if finding else {}
         details.update(self._summary(signals))
+        details["step"] = signals.step
         mitigation = self._mitigation()
         record = {"index": len(self.rollbacks) + 1, "step": signals.step, "reason": reason, "details": details,
                   "mitigation": asdict(mitigation)}

@@ -1,0 +1,181 @@
+"""Data sources that need no files: 2-D Gaussian mixtures and scikit-learn's bundled digits; plus an image folder.
+
+Every source draws the *global* batch k from (seed, k) and hands rank r its slice, so the batch at step t is the
+same whatever the world size (stylegan3 makes the same promise).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gandist.data.base import BatchIterator, DataInfo, DataSource
+from gandist.errors import UserError
+from gandist.objectives.augment import stream_seed
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def toy2d_centres(mixture: str) -> tuple[torch.Tensor, float]:
+    """(centres [K, 2], std) of a mixture: ring8 (radius 2, std 0.02) or grid25 ({-4,-2,0,2,4}^2, std 0.05)."""
+    if mixture == "ring8":
+        angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+        return torch.stack([2 * angles.cos(), 2 * angles.sin()], 1).float(), 0.02
+    if mixture == "grid25":
+        ticks = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+        return torch.cartesian_prod(ticks, ticks), 0.05
+    raise UserError(f"data.mixture: unknown mixture {mixture!r} (use ring8 or grid25)")
+
+
+class IndexedBatches(BatchIterator):
+    """Global batch k = fn(k, generator seeded by (seed, k)); this rank takes [rank*b, (rank+1)*b)."""
+
+    def __init__(self, make_global_batch, rank: int, world_size: int, global_batch: int, seed: int):
+        if global_batch % world_size:
+            raise UserError(f"train.batch_size {global_batch} is not divisible by the world size {world_size}")
+        self.make_global_batch = make_global_batch
+        self.rank, self.world_size, self.global_batch, self.seed = rank, world_size, global_batch, seed
+        self.draw = 0
+
+    def __next__(self):
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, "data", self.draw))
+        x, y = self.make_global_batch(self.draw, self.global_batch, generator)
+        self.draw += 1
+        b = self.global_batch // self.world_size
+        part = slice(self.rank * b, (self.rank + 1) * b)
+        return x[part], (y[part] if y is not None else None)
+
+    def state_dict(self) -> dict:
+        return {"draw": self.draw}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.draw = int(state["draw"])
+
+
+class Toy2DSource(DataSource):
+    """Mixture of 2-D Gaussians; labels are not used (unconditional)."""
+
+    def __init__(self, cfg):
+        self.centres, self.std = toy2d_centres(cfg.mixture)
+        self.info = DataInfo(shape=(2,), num_classes=0, value_range=(-5.0, 5.0))
+
+    def loader(self, rank, world_size, global_batch, seed):
+        def make(_draw, n, generator):
+            idx = torch.randint(len(self.centres), (n,), generator=generator)
+            noise = torch.randn(n, 2, generator=generator) * self.std
+            return self.centres[idx] + noise, None
+
+        return IndexedBatches(make, rank, world_size, global_batch, seed)
+
+
+class _PermutedImages(DataSource):
+    """Images held in memory, drawn epoch by epoch in a seeded permutation (sampling without replacement)."""
+
+    images: torch.Tensor  # [N, C, H, W] in [-1, 1]
+    labels: torch.Tensor | None
+    hflip: bool = False
+
+    def _indices(self, start: int, n: int, seed: int) -> torch.Tensor:
+        """Positions [start, start+n) of the endless stream of per-epoch permutations."""
+        size = len(self.images)
+        out = []
+        while n > 0:
+            epoch, offset = divmod(start, size)
+            perm = torch.randperm(size, generator=torch.Generator().manual_seed(stream_seed(seed, "epoch", epoch)))
+            take = min(n, size - offset)
+            out.append(perm[offset:offset + take])
+            start, n = start + take, n - take
+        return torch.cat(out)
+
+    def _load(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.images[idx]
+
+    def loader(self, rank, world_size, global_batch, seed):
+        def make(draw, n, generator):
+            idx = self._indices(draw * n, n, seed)
+            x = self._load(idx)
+            if self.hflip:
+                flip = torch.rand(n, generator=generator) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            return x, (self.labels[idx] if self.labels is not None else None)
+
+        return IndexedBatches(make, rank, world_size, global_batch, seed)
+
+
+def load_digits_tensor(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1797 8x8 digits as [N, 1, R, R] in [-1, 1] (bilinear upsampling) and labels [N]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.images.astype(np.float32) / 8.0 - 1.0)[:, None]  # pixel values are 0..16
+    if resolution != 8:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False).clamp(-1, 1)
+    return x.contiguous(), torch.from_numpy(digits.target.astype(np.int64))
+
+
+class DigitsSource(_PermutedImages):
+    """scikit-learn's bundled digits, 10 classes."""
+
+    def __init__(self, cfg):
+        x, y = load_digits_tensor(cfg.resolution)
+        self.images = x.repeat(1, cfg.channels, 1, 1) if cfg.channels == 3 else x
+        self.labels = y
+        self.info = DataInfo(shape=tuple(self.images.shape[1:]), num_classes=10)
+
+
+class FolderSource(_PermutedImages):
+    """Images in a folder; classes are sub-folders (sorted names), or none when images lie directly in it."""
+
+    def __init__(self, cfg):
+        root = Path(cfg.path).expanduser()
+        if not root.is_dir():
+            raise UserError(f"data.path: folder {str(root)!r} not found (give a folder of images, class = sub-folder)")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        files: list[tuple[Path, int]] = []
+        if classes:
+            for label, name in enumerate(classes):
+                files += [(f, label) for f in sorted((root / name).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+        else:
+            files = [(f, 0) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise UserError(f"data.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {str(root)!r}")
+        self.files = [f for f, _ in files]
+        self.classes = classes
+        self.labels = torch.tensor([c for _, c in files]) if classes else None
+        self.resolution, self.channels, self.hflip = cfg.resolution, cfg.channels, cfg.hflip
+        self.images = self.files  # len() is all _indices needs
+        self.info = DataInfo(shape=(cfg.channels, cfg.resolution, cfg.resolution), num_classes=len(classes))
+
+    def _load(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.stack([load_image(self.files[int(i)], self.resolution, self.channels) for i in idx])
+
+
+def load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
+    """Decode, resize the shorter side to `resolution`, centre-crop, scale to [-1, 1]: [C, R, R]."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            w, h = im.size
+            scale = resolution / min(w, h)
+            im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
+            w, h = im.size
+            left, top = (w - resolution) // 2, (h - resolution) // 2
+            im = im.crop((left, top, left + resolution, top + resolution))
+            arr = np.asarray(im, dtype=np.float32)
+    except OSError as err:
+        raise UserError(f"{path}: cannot decode image ({err}); remove or replace the file") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def build_source(cfg) -> DataSource:
+    """The data source of a `data` config section."""
+    from gandist.registry import SOURCES, resolve
+
+    return resolve(SOURCES, cfg.kind, "data.kind")(cfg)

@@ -1,0 +1,93 @@
+"""SNGAN-style ResNet pair (Miyato et al. 2018) for 16-64 px images: residual up/down blocks, projection D."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gandist.models.base import BuildContext, packed_info
+from gandist.models.dcgan import _stages
+from gandist.nn.cross_replica_bn import batch_norm
+from gandist.nn.spectral_norm import conv2d, embedding, linear
+
+
+class UpBlock(nn.Module):
+    """BN-ReLU-up-conv-BN-ReLU-conv with a 1x1 upsampled shortcut."""
+
+    def __init__(self, ch: int, sn: bool, bn_group):
+        super().__init__()
+        self.bn1, self.bn2 = batch_norm(ch, bn_group), batch_norm(ch, bn_group)
+        self.conv1 = conv2d(ch, ch, 3, padding=1, sn=sn)
+        self.conv2 = conv2d(ch, ch, 3, padding=1, sn=sn)
+        self.skip = conv2d(ch, ch, 1, sn=sn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2)
+        h = self.conv2(F.relu(self.bn2(self.conv1(h))))
+        return h + self.skip(F.interpolate(x, scale_factor=2))
+
+
+class DownBlock(nn.Module):
+    """(ReLU)-conv-ReLU-conv-avgpool with a 1x1 shortcut; the first block skips the leading ReLU."""
+
+    def __init__(self, in_ch: int, ch: int, sn: bool, first: bool):
+        super().__init__()
+        self.first = first
+        self.conv1 = conv2d(in_ch, ch, 3, padding=1, sn=sn)
+        self.conv2 = conv2d(ch, ch, 3, padding=1, sn=sn)
+        self.skip = conv2d(in_ch, ch, 1, sn=sn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.first else F.relu(x)
+        h = F.avg_pool2d(self.conv2(F.relu(self.conv1(h))), 2)
+        s = self.skip(F.avg_pool2d(x, 2)) if self.first else F.avg_pool2d(self.skip(x), 2)
+        return h + s
+
+
+class ResNetGenerator(nn.Module):
+    """z (+ class embedding) -> 4x4 -> up blocks -> BN-ReLU-conv-tanh."""
+
+    def __init__(self, z_dim, ch, resolution, channels, num_classes, sn, bn_group):
+        super().__init__()
+        self.z_dim, self.num_classes, self.ch = z_dim, num_classes, ch
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
+        self.fc = linear(z_dim, ch * 16, sn)
+        self.blocks = nn.Sequential(*[UpBlock(ch, sn, bn_group) for _ in range(_stages(resolution))])
+        self.bn = batch_norm(ch, bn_group)
+        self.to_image = conv2d(ch, channels, 3, padding=1, sn=sn)
+
+    def forward(self, z, y=None, truncation: float = 1.0):
+        h = z * truncation
+        if self.embed is not None and y is not None:
+            h = h + self.embed(y)
+        h = self.blocks(self.fc(h).view(len(z), self.ch, 4, 4))
+        return torch.tanh(self.to_image(F.relu(self.bn(h))))
+
+
+class ResNetDiscriminator(nn.Module):
+    """Down blocks to 4x4, ReLU, global sum pooling, linear + projection."""
+
+    def __init__(self, ch, resolution, channels, num_classes, sn):
+        super().__init__()
+        stages = _stages(resolution)
+        self.blocks = nn.Sequential(*[DownBlock(channels if i == 0 else ch, ch, sn, i == 0) for i in range(stages)])
+        self.fc = linear(ch, 1, sn)
+        self.embed = embedding(num_classes, ch, sn) if num_classes else None
+
+    def forward(self, x, y=None):
+        h = F.relu(self.blocks(x)).sum((2, 3))
+        out = self.fc(h).squeeze(1)
+        if self.embed is not None and y is not None:
+            out = out + (self.embed(y) * h).sum(1)
+        return out
+
+
+def build(cfg, info, ctx: BuildContext):
+    """ResNet pair for images of shape (C, R, R)."""
+    if not info.is_image:
+        raise ValueError("model.arch=resnet needs image data (data.kind digits, folder or webdataset)")
+    classes = info.num_classes if cfg.conditional else 0
+    c, res = info.shape[0], info.shape[1]
+    d_channels = packed_info(info, ctx.pack).shape[0]
+    return (ResNetGenerator(cfg.z_dim, cfg.ch, res, c, classes, cfg.sn_g, ctx.bn_process_group),
+            ResNetDiscriminator(cfg.ch, res, d_channels, classes if ctx.pack == 1 else 0, cfg.spectral_norm))

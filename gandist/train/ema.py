@@ -1,0 +1,32 @@
+"""Exponential moving average of G's weights; buffers (BN running statistics, SN vectors) are copied, not averaged."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def make_ema(G: nn.Module) -> nn.Module:
+    """A frozen copy of G in eval mode."""
+    ema = copy.deepcopy(G).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, G: nn.Module, decay: float, step: int, start_step: int) -> None:
+    """ema = decay*ema + (1-decay)*G after start_step (a plain copy before it); buffers always copied."""
+    d = decay if step >= start_step else 0.0
+    for p_ema, p in zip(ema.parameters(), G.parameters()):
+        p_ema.copy_(p.detach().to(p_ema.dtype).lerp(p_ema, d))
+    for b_ema, b in zip(ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+@torch.no_grad()
+def relative_distance(ema: nn.Module, G: nn.Module) -> float:
+    """||EMA - G|| / ||G|| over all parameters (how far the average lags)."""
+    diff = sum(float((a - b).float().pow(2).sum()) for a, b in zip(ema.parameters(), G.parameters()))
+    norm = sum(float(b.float().pow(2).sum()) for b in G.parameters())
+    return (diff / max(norm, 1e-12)) ** 0.5

@@ -1,0 +1,407 @@
+"""The GAN training loop: D phases, lazy D regularization, G phase, lazy G regularization, EMA, signals.
+
+It does not know how many processes there are: everything distributed goes through the Strategy. Phases follow
+stylegan2-ada-pytorch (Dmain, Dreg, Gmain, Greg): a penalty with `every: k` runs in its own phase every k steps
+with its weight multiplied by k, and that net's Adam lr and betas are rescaled by r = k/(k+1).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+
+from gandist.data.sources import build_source
+from gandist.errors import UserError
+from gandist.models.base import BuildContext
+from gandist.objectives import losses
+from gandist.objectives.augment import GlobalRandom, stream_seed
+from gandist.objectives.penalties import PenaltyContext, build_penalties
+from gandist.registry import ARCHS, resolve
+from gandist.strategies import build_strategy
+from gandist.strategies.base import OptimSetup
+from gandist.train import ema as ema_lib
+from gandist.train.rundir import JsonlWriter, prepare_run_dir
+from gandist.train.signals import Signals
+from gandist.train.state import CheckpointIO
+
+log = logging.getLogger("gandist.train")
+
+
+class WatchdogStop(Exception):
+    """The watchdog gave up (too many rollbacks, or no healthy checkpoint to roll back to): exit code 3."""
+
+    def __init__(self, report: str):
+        super().__init__(report)
+        self.report = report
+
+
+def lazy_optim(adam, penalties, net: str) -> OptimSetup:
+    """Adam settings of `net` after StyleGAN2's lazy-regularization rescaling (r = k/(k+1))."""
+    ks = {p.every for p in penalties if p.net == net and p.every > 1}
+    ratio = max(ks) / (max(ks) + 1) if ks else 1.0
+    return OptimSetup(lr=adam.lr * ratio, betas=tuple(b ** ratio for b in adam.betas), eps=adam.eps,
+                      weight_decay=adam.weight_decay)
+
+
+class Trainer:
+    """Owns one run: nets, strategy, data, penalties, EMA, checkpoints, sinks."""
+
+    def __init__(self, cfg, run_dir: str, *, force: bool = False, reporter=None):
+        self.cfg, self.run_dir, self.reporter = cfg, run_dir, reporter
+        self.strategy = build_strategy(cfg)
+        s = self.strategy
+        self.is_main = s.rank == 0
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        per_rank = cfg.train.batch_size // s.world_size
+        if cfg.train.batch_size % s.world_size or per_rank % cfg.optim.accumulation:
+            raise UserError(
+                f"train.batch_size {cfg.train.batch_size} must divide into world size {s.world_size} x "
+                f"optim.accumulation {cfg.optim.accumulation} micro-batches; pick a multiple of "
+                f"{s.world_size * cfg.optim.accumulation}")
+        self.per_rank, self.micro = per_rank, per_rank // cfg.optim.accumulation
+        if self.is_main:
+            prepare_run_dir(cfg, run_dir, force)
+        s.barrier()
+
+        self.source = build_source(cfg.data)
+        self.info = self.source.info
+        group = s.process_group if cfg.distributed.cross_replica_bn else None
+        if cfg.distributed.cross_replica_bn and s.world_size == 1 and self.is_main:
+            log.warning("distributed.cross_replica_bn with one process: plain batch norm statistics are used")
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        G, D = resolve(ARCHS, cfg.model.arch, "model.arch")(cfg.model, self.info,
+                                                               BuildContext(group, cfg.augment.pack))
+        if cfg.train.channels_last and self.info.is_image:
+            G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+        self.penalties = build_penalties(cfg.penalties)
+        optim = {"G": lazy_optim(cfg.optim.g, self.penalties, "G"), "D": lazy_optim(cfg.optim.d, self.penalties, "D")}
+        s.setup(G, D, optim, cfg.optim.accumulation, cfg.optim.grad_clip, cfg.train.amp)
+        self.G_ema = ema_lib.make_ema(s.module("G")) if cfg.train.ema.enabled else None
+        self.loader = self.source.loader(s.rank, s.world_size, cfg.train.batch_size, cfg.seed)
+
+        self.step, self.images_seen = 0, 0
+        self.noise_epoch, self.lr_factor, self.r1_factor = 0, 1.0, 1.0
+        self.rollbacks: list[dict] = []
+        self.ckpt = CheckpointIO(self)
+        self.watchdog = self._build_watchdog()
+        self.metrics_log = JsonlWriter(os.path.join(run_dir, "metrics.jsonl") if self.is_main else None)
+        self.events_log = JsonlWriter(os.path.join(run_dir, "events.jsonl") if self.is_main else None)
+        self.sinks = self._build_sinks()
+        self.evaluator = self._build_evaluator()
+        resumed = self.ckpt.resume()
+        self.event({"event": "start", "resumed_from": resumed, "world_size": s.world_size,
+                    "strategy": cfg.distributed.strategy})
+
+    # -- optional subsystems ----------------------------------------------------------------------------------
+    def _build_watchdog(self):
+        if not self.cfg.watchdog.enabled:
+            return None
+        from gandist.watchdog import Watchdog
+
+        return Watchdog(self.cfg.watchdog, rank=self.strategy.rank, world_size=self.strategy.world_size)
+
+    def _build_sinks(self) -> list:
+        if not self.cfg.telemetry.port:  # 0: no Prometheus endpoint
+            return []
+        from gandist.telemetry.metrics import MetricsExporter
+
+        exporter = MetricsExporter(self.cfg.telemetry, run=self.cfg.name, rank=self.strategy.rank,
+                                   local_rank=self.strategy.local_rank)
+        return [exporter]
+
+    def _build_evaluator(self):
+        if not self.cfg.eval.every:
+            return None
+        from gandist.eval.periodic import Evaluator
+
+        return Evaluator(self.cfg, self.run_dir)
+
+    def event(self, record: dict) -> None:
+        """An events.jsonl line (rank 0) and a telemetry event (every rank)."""
+        record = {"step": self.step, **record}
+        self.events_log.write(record)
+        for sink in self.sinks:
+            sink.event(record)
+
+    # -- randomness ------------------------------------------------------------------------------------------
+    def rand(self, tag: str, micro: int) -> GlobalRandom:
+        """World-size-invariant draws for micro-batch `micro` of this rank's part of the global batch."""
+        offset = self.strategy.rank * self.per_rank + micro * self.micro
+        return GlobalRandom(stream_seed(self.cfg.seed, self.noise_epoch), self.step, tag, offset,
+                            self.cfg.train.batch_size, self.strategy.device)
+
+    def latents(self, rand: GlobalRandom, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        G = self.strategy.module("G")
+        z = rand.randn(n, G.z_dim)
+        y = None
+        if G.num_classes:
+            y = (rand.rand(n) * G.num_classes).long().clamp_max(G.num_classes - 1)
+        return z, y
+
+    # -- D input pipeline --------------------------------------------------------------------------------------
+    def d_forward(self, x: torch.Tensor, y, rand: GlobalRandom) -> torch.Tensor:
+        """D's logits after augmentation, instance noise and packing (the same pipeline for real and fake)."""
+        aug = self.cfg.augment
+        if aug.diffaugment or aug.instance_noise.std > 0 or aug.pack > 1:
+            from gandist.objectives.augment import prepare_d_input
+
+            x, y = prepare_d_input(x, y, aug, self.step, rand)
+        if self.cfg.train.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.strategy.net("D")(x, y)
+
+    def _micro(self, t: torch.Tensor | None, i: int):
+        return None if t is None else t[i * self.micro:(i + 1) * self.micro].to(self.strategy.device)
+
+    # -- phases ----------------------------------------------------------------------------------------------
+    def d_phase(self, k: int, real, real_y, sig: Signals) -> None:
+        s, n = self.strategy, self.cfg.optim.accumulation
+        main = [p for p in self.penalties if p.net == "D" and p.every == 1]
+        with s.phase("D"):
+            for i in range(n):
+                rand = self.rand(f"D{k}", i)
+                x, y = self._micro(real, i), self._micro(real_y, i)
+                z, y_fake = self.latents(rand, self.micro)
+                with s.autocast():
+                    with torch.no_grad():
+                        fake = s.net("G")(z, y_fake)
+                    real_logits = self.d_forward(x, y, rand)
+                    fake_logits = self.d_forward(fake, y_fake, rand)
+                    loss = losses.d_loss(self.cfg.loss, real_logits.float(), fake_logits.float())
+                ctx = PenaltyContext(self.step, lambda a, b: self.d_forward(a, b, rand), D=s.module("D"),
+                                     real=x, real_y=y, fake=fake.detach(), fake_y=y_fake, rand=rand)
+                for p in main:
+                    term = p.loss(ctx) * (self.r1_factor if p.name == "r1" else 1.0)
+                    sig.losses[f"D/{p.name}"] = float(term.detach())
+                    loss = loss + term
+                s.backward(loss, "D", last_micro=i == n - 1)
+                sig.losses["D"] = float(loss.detach())
+                sig.d_real, sig.d_fake = float(real_logits.detach().mean()), float(fake_logits.detach().mean())
+        self._record_step(sig, "D", s.step("D"))
+        for p in self.penalties:
+            if p.net == "D":
+                p.after_step(s.module("D"))
+
+    def reg_phase(self, net: str, real, real_y, sig: Signals) -> None:
+        """Lazy regularization of `net`: penalties due this step, weight x every, one optimizer step."""
+        due = [p for p in self.penalties if p.net == net and p.every > 1 and self.step % p.every == 0]
+        if not due:
+            return
+        s, n = self.strategy, self.cfg.optim.accumulation
+        with s.phase(net):
+            for i in range(n):
+                rand = self.rand(f"{net}reg", i)
+                z, y = self.latents(rand, self.micro)
+                with s.gathered("G") if net == "G" else nullcontext(s.module("D")):
+                    ctx = PenaltyContext(self.step, lambda a, b: self.d_forward(a, b, rand),
+                                         g_forward=s.net("G"), G=s.module("G"), D=s.module("D"),
+                                         real=self._micro(real, i), real_y=self._micro(real_y, i), z=z, y=y, rand=rand)
+                    loss = 0.0
+                    with s.autocast():
+                        for p in due:
+                            term = p.loss(ctx) * p.every * (self.r1_factor if p.name == "r1" else 1.0)
+                            sig.losses[f"{net}/{p.name}"] = float(term.detach()) / p.every
+                            loss = loss + term
+                s.backward(loss, net, last_micro=i == n - 1)
+        self._record_step(sig, f"{net}reg", s.step(net))
+
+    def g_phase(self, real, real_y, sig: Signals) -> None:
+        s, n = self.strategy, self.cfg.optim.accumulation
+        main = [p for p in self.penalties if p.net == "G" and p.every == 1]
+        with s.phase("G"):
+            for i in range(n):
+                rand = self.rand("G", i)
+                z, y = self.latents(rand, self.micro)
+                with s.autocast():
+                    fake = s.net("G")(z, y)
+                    fake_logits = self.d_forward(fake, y, rand)
+                    real_logits = None
+                    if losses.needs_real_in_g_phase(self.cfg.loss):
+                        real_logits = self.d_forward(self._micro(real, i), self._micro(real_y, i), rand).float()
+                    loss = losses.g_loss(self.cfg.loss, fake_logits.float(), real_logits)
+                if main:
+                    with s.gathered("G") as G_full:
+                        ctx = PenaltyContext(self.step, lambda a, b: self.d_forward(a, b, rand), g_forward=s.net("G"),
+                                             G=G_full, D=s.module("D"), z=z, y=y, rand=rand)
+                        for p in main:
+                            term = p.loss(ctx)
+                            sig.losses[f"G/{p.name}"] = float(term.detach())
+                            loss = loss + term
+                s.backward(loss, "G", last_micro=i == n - 1)
+                sig.losses["G"] = float(loss.detach())
+        self._record_step(sig, "G", s.step("G"))
+
+    def _record_step(self, sig: Signals, phase: str, stats) -> None:
+        net = phase[0]
+        if phase in ("D", "G"):
+            sig.grad_norm[net] = stats.grad_norm
+            sig.layer_grad_norm.update({f"{net}/{k}": v for k, v in stats.layer_grad_norms.items()})
+        sig.nonfinite += stats.nonfinite
+
+    # -- one G step ------------------------------------------------------------------------------------------
+    def train_step(self) -> Signals:
+        s, cfg = self.strategy, self.cfg
+        torch.manual_seed(stream_seed(cfg.seed, self.noise_epoch, self.step, s.rank))  # model-internal noise
+        if self.watchdog:
+            self.watchdog.before_step(self.step, s)
+        sig = Signals(step=self.step)
+        real = real_y = None
+        for k in range(cfg.optim.d_steps):
+            t0 = time.perf_counter()
+            real, real_y = next(self.loader)
+            sig.data_wait += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.d_phase(k, real, real_y, sig)
+            sig.seconds["D"] = sig.seconds.get("D", 0.0) + time.perf_counter() - t1
+        for phase, fn in (("Dreg", lambda: self.reg_phase("D", real, real_y, sig)),
+                          ("G", lambda: self.g_phase(real, real_y, sig)),
+                          ("Greg", lambda: self.reg_phase("G", real, real_y, sig))):
+            t1 = time.perf_counter()
+            fn()
+            sig.seconds[phase] = time.perf_counter() - t1
+        if self.G_ema is not None:
+            with s.gathered("G") as G_full:
+                ema_lib.update_ema(self.G_ema, G_full, cfg.train.ema.decay, self.step, cfg.train.ema.start_step)
+        self.images_seen += cfg.train.batch_size * cfg.optim.d_steps
+        self.step += 1
+        sig.step = self.step
+        sig.images_seen = self.images_seen
+        sig.skipped_samples = getattr(self.loader, "skipped_samples", 0)
+        sig.lr = {n: s.current_lr(n) for n in ("G", "D")} if hasattr(s, "current_lr") else {}
+        sig.nonfinite += sum(1 for v in sig.losses.values() if v != v or v in (float("inf"), float("-inf")))
+        return sig
+
+    # -- watchdog ----------------------------------------------------------------------------------------------
+    def check_health(self, sig: Signals) -> None:
+        """Observe, agree on the worst verdict over ranks, and roll back when it says diverged."""
+        if self.watchdog is None:
+            return
+        s = self.strategy
+        with s.gathered("G") as G_full:
+            local = self.watchdog.observe(sig, G_full, s.module("D"), self.G_ema)
+        agreed = int(s.all_reduce(torch.tensor([local], dtype=torch.int64), "max").item())
+        sig.verdict = ("ok", "warn", "diverged")[agreed]
+        action = self.watchdog.resolve(agreed, sig)  # raises WatchdogGaveUp after too many rollbacks
+        if action is not None:
+            self.rollback(action)
+
+    def rollback(self, action) -> None:
+        m = action.mitigation
+        self.event({"event": "diverged", "reason": action.reason, "signals": action.details})
+        restored = self.ckpt.restore_healthy(at_most=self.step)
+        if restored is None:
+            raise WatchdogStop(
+                f"diverged at step {self.step} ({action.reason}) but no checkpoint is marked healthy yet; the run "
+                f"dir is intact. Lower the learning rates or save checkpoints earlier (checkpoint.every).")
+        self.lr_factor *= m.lr_scale
+        self.r1_factor *= m.r1_scale
+        for net in ("G", "D"):
+            self.strategy.set_lr_scale(net, self.lr_factor)
+        if m.reseed:
+            self.noise_epoch += 1
+        for _ in range(m.skip_batches):
+            next(self.loader)
+        self.watchdog.after_rollback(restored)
+        record = {"event": "rollback", "reason": action.reason, "signals": action.details,
+                  "diverged_step": action.details.get("step", None), "checkpoint_step": restored,
+                  "mitigation": {"lr_scale": m.lr_scale, "skip_batches": m.skip_batches, "reseed": m.reseed,
+                                 "r1_scale": m.r1_scale}}
+        self.rollbacks.append(record)
+        self.event(record)
+
+    # -- outputs -----------------------------------------------------------------------------------------------
+    def publish(self, sig: Signals, wall: float) -> None:
+        sig.img_per_sec = self.cfg.train.batch_size * self.cfg.optim.d_steps / max(wall, 1e-9)
+        if self.G_ema is not None and self.step % self.cfg.telemetry.log_every == 0:
+            sig.ema_distance = sig.ema_distance or ema_lib.relative_distance(self.G_ema, self.strategy.module("G"))
+        for sink in self.sinks:
+            sink.publish(sig)
+        if self.reporter is not None and hasattr(self.reporter, "on_step"):
+            self.reporter.on_step(self.step, sig.losses)
+        if self.step % self.cfg.telemetry.log_every == 0 or self.step == self.cfg.train.steps:
+            record = sig.to_dict()
+            record.pop("layer_grad_norm")
+            self.metrics_log.write(record)
+
+    def write_samples(self) -> None:
+        if not self.is_main:
+            return
+        from gandist.train.sampling import write_run_samples
+
+        write_run_samples(self)
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train until train.steps; returns the summary (also printed by rank 0)."""
+        cfg, s = self.cfg, self.strategy
+        start_step, start_time = self.step, time.time()
+        bar = None
+        if self.is_main and cfg.telemetry.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.train.steps, initial=self.step, unit="step", dynamic_ncols=True, desc=cfg.name)
+        sig = None
+        try:
+            while self.step < cfg.train.steps:
+                t0 = time.perf_counter()
+                sig = self.train_step()
+                self.check_health(sig)
+                self.publish(sig, time.perf_counter() - t0)
+                if sig.verdict == "diverged":
+                    if bar is not None:
+                        bar.n = self.step
+                        bar.refresh()
+                    continue
+                if bar is not None:
+                    bar.update(1)
+                    if self.step % cfg.telemetry.log_every == 0:
+                        bar.set_postfix({"img/s": f"{sig.img_per_sec:.0f}", "D": f"{sig.losses.get('D', 0):.3f}",
+                                         "G": f"{sig.losses.get('G', 0):.3f}"}, refresh=False)
+                if cfg.telemetry.sample_every and self.step % cfg.telemetry.sample_every == 0:
+                    self.write_samples()
+                if self.evaluator is not None:
+                    self.ckpt.evaluate()
+                if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.steps:
+                    self.ckpt.save()
+        finally:
+            if bar is not None:
+                bar.close()
+        self.write_samples()
+        wall = time.time() - start_time
+        done = self.step - start_step
+        summary = {"steps": self.step, "wall_seconds": round(wall, 2),
+                   "img_per_sec": round(done * cfg.train.batch_size * cfg.optim.d_steps / max(wall, 1e-9), 1),
+                   "rollbacks": len(self.rollbacks), "last_losses": dict(sig.losses) if sig else {},
+                   "run_dir": self.run_dir}
+        self.event({"event": "end", **summary})
+        return summary
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.metrics_log.close()
+        self.events_log.close()
+        self.loader.close()
+        self.strategy.close()
+
+
+def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None) -> dict:
+    """Train `cfg` in `run_dir` (resuming when it holds a checkpoint); returns the run summary."""
+    trainer = Trainer(cfg, run_dir, force=force, reporter=reporter)
+    try:
+        return trainer.run()
+    except Exception as err:
+        if type(err).__name__ in ("WatchdogGaveUp", "WatchdogStop"):
+            report = getattr(err, "report", str(err))
+            trainer.event({"event": "gave_up", "report": report})
+            if trainer.is_main:
+                path = os.path.join(run_dir, "watchdog_report.txt")
+                with open(path, "w") as f:
+                    f.write(report + "\n")
+        raise
+    finally:
+        trainer.close()

@@ -1,0 +1,93 @@
+"""The run directory: resolved config (checked on resume), metrics.jsonl and events.jsonl."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import yaml
+
+from gandist.errors import UserError
+
+
+def prepare_run_dir(cfg, run_dir: str, force: bool) -> None:
+    """Create run_dir and write config.yaml; refuse a run dir whose config differs unless force (rank 0 only)."""
+    from gandist.config import config_from_dict
+
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, "config.yaml")
+    if os.path.exists(path):
+        try:
+            old = config_from_dict(yaml.safe_load(open(path)) or {}, path)
+        except Exception as err:  # noqa: BLE001 - an unreadable old config is reported, never overwritten silently
+            if not force:
+                raise UserError(f"{path}: existing config cannot be read ({err}); pass --force to replace it") from None
+            old = None
+        if old is not None and old.hash() != cfg.hash() and not force:
+            raise UserError(
+                f"{run_dir}: holds a run with a different config ({changed_keys(old, cfg)}); use another --run-dir,"
+                " or --force to continue it with the new config")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(cfg.to_yaml())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def changed_keys(old, new, limit: int = 4) -> str:
+    """A short description of which keys differ between two configs."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(old.model_dump(mode="json")), flat(new.model_dump(mode="json"))
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:limit])
+    return shown + (f", and {len(diff) - limit} more" if len(diff) > limit else "")
+
+
+def _clean(value):
+    """JSON-safe: non-finite floats become strings ('nan', 'inf')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class JsonlWriter:
+    """Appends one JSON object per line, flushed at once so a crash loses at most the line being written."""
+
+    def __init__(self, path: str | None):
+        self.file = open(path, "a", buffering=1) if path else None
+
+    def write(self, record: dict) -> None:
+        if self.file:
+            self.file.write(json.dumps(_clean({"time": round(time.time(), 3), **record})) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+            self.file = None
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """All records of a jsonl file (a torn last line is ignored)."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out

@@ -1,0 +1,23 @@
+"""Fixtures of the evaluation tests: one trained digits feature network per session, cached in a temp dir."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    """GANDIST_CACHE pointing at a session folder holding a trained digits network (trained once, ~20 s)."""
+    import os
+
+    from gandist.eval.features import DIGITS_FILE, save_digits_net, train_digits_net
+
+    folder = tmp_path_factory.mktemp("gandist-cache")
+    net, accuracy = train_digits_net()
+    save_digits_net(net, accuracy, folder / DIGITS_FILE)
+    old = os.environ.get("GANDIST_CACHE")
+    os.environ["GANDIST_CACHE"] = str(folder)
+    yield {"folder": folder, "net": net, "accuracy": accuracy}
+    if old is None:
+        os.environ.pop("GANDIST_CACHE", None)
+    else:
+        os.environ["GANDIST_CACHE"] = old

@@ -103,6 +103,16 @@ def input_grads(ctx: PenaltyContext, x: torch.Tensor, y: torch.Tensor | None) ->
     return grad.float().reshape(logits.shape[0], -1)
 
 
+def fakes(ctx: PenaltyContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The D phase's detached fakes, or (lazy D regularization, which has none) fresh ones from ctx.g_forward."""
+    if ctx.fake is not None:
+        return ctx.fake.detach(), ctx.fake_y
+    if ctx.g_forward is None or ctx.z is None:
+        raise ValueError("a D penalty on fakes needs PenaltyContext.fake, or g_forward and z to draw them")
+    with torch.no_grad():
+        return ctx.g_forward(ctx.z, ctx.y).detach(), ctx.y
+
+
 def _uniform_like_batch(rand: GlobalRandom, x: torch.Tensor) -> torch.Tensor:
     """One U[0,1) per sample, shaped [N, 1, ...] to broadcast over x."""
     return rand.rand(x.shape[0], *([1] * (x.dim() - 1))).to(device=x.device, dtype=x.dtype)
@@ -115,9 +125,10 @@ class GradientPenalty(Penalty):
     name = "gp"
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
-        self._need(ctx, "real", "fake", "rand")
+        self._need(ctx, "real", "rand")
+        fake, _ = fakes(ctx)
         eps = _uniform_like_batch(ctx.rand, ctx.real)
-        x_hat = eps * ctx.real.detach() + (1 - eps) * ctx.fake.detach()
+        x_hat = eps * ctx.real.detach() + (1 - eps) * fake.to(ctx.real.dtype)
         norms = torch.linalg.vector_norm(input_grads(ctx, x_hat, ctx.real_y), dim=1)
         value = (norms - self.cfg.center).square().mean()
         self.last_value = value
@@ -179,8 +190,9 @@ class BalancedConsistency(Penalty):
     name = "bcr"
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
-        self._need(ctx, "real", "fake", "rand")
-        value = self._term(ctx, ctx.real.detach(), ctx.real_y) + self._term(ctx, ctx.fake.detach(), ctx.fake_y)
+        self._need(ctx, "real", "rand")
+        fake, fake_y = fakes(ctx)
+        value = self._term(ctx, ctx.real.detach(), ctx.real_y) + self._term(ctx, fake, fake_y)
         self.last_value = value
         return self.weight * value
 
@@ -211,6 +223,8 @@ class PathLength(Penalty):
                              "use it with model.arch=stylegan2 or remove it from penalties")
         n = max(1, ctx.z.shape[0] // self.cfg.batch_shrink)
         ws = G.mapping(ctx.z[:n], None if ctx.y is None else ctx.y[:n])
+        if not ws.requires_grad:  # a mapping without trainable parameters: differentiate w.r.t. ws itself
+            ws = ws.detach().requires_grad_(True)
         img = G.synthesis(ws)
         pixels = math.prod(img.shape[2:]) or 1
         # noise scaled by 1/sqrt(pixels) so that the length does not depend on the resolution (StyleGAN2)

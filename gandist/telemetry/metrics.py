@@ -103,6 +103,8 @@ def find_free_port(host: str, first: int, tries: int) -> int | None:
     """The first port in [first, first + tries) that can be bound on host, or None."""
     for port in range(first, min(first + tries, 65536)):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # like the HTTP server we start: a port in TIME_WAIT is free, a listening one is not
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
@@ -182,6 +184,7 @@ class MetricsExporter:
             self._child(metric)
         self._child(self.m_last_rollback).set(0)
         self._child(self.m_ckpt_seconds)
+        self._child(self.m_step_seconds)
         self._child(self.m_ckpt_time).set(self.start_time)
         self._child(self.m_ckpt_step).set(0)
         self._child(self.m_start).set(self.start_time)

@@ -1,0 +1,129 @@
+"""Equalized learning rate layers and helpers of StyleGAN2 (Karras et al. 2020).
+
+Why: weights are stored at unit scale and multiplied by 1/sqrt(fan_in) at run time, so Adam's per-parameter step
+is the same relative size for every layer (and `lr_mul` slows the mapping network by 100x, as StyleGAN does).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LRELU_GAIN = math.sqrt(2.0)  # keeps unit variance through leaky ReLU(0.2), as bias_act's def_gain
+
+
+def lrelu_act(x: torch.Tensor, clamp: float | None = None) -> torch.Tensor:
+    """Leaky ReLU(0.2) times sqrt(2), optionally clamped (StyleGAN's 'lrelu' with conv_clamp)."""
+    x = F.leaky_relu(x, 0.2) * LRELU_GAIN
+    return x.clamp(-clamp, clamp) if clamp is not None else x
+
+
+class EqualizedLinear(nn.Module):
+    """Fully connected layer with runtime weight scaling (stylegan2-ada's FullyConnectedLayer)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, bias_init: float = 0.0,
+                 lr_mul: float = 1.0, activation: str = "linear") -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init))) if bias else None
+        self.weight_gain = lr_mul / math.sqrt(in_features)
+        self.bias_gain = lr_mul
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias.to(x.dtype) * self.bias_gain if self.bias is not None else None
+        x = F.linear(x, w, b)
+        return lrelu_act(x) if self.activation == "lrelu" else x
+
+
+def fir_kernel(taps=(1, 3, 3, 1)) -> torch.Tensor:
+    """The separable [1,3,3,1] low-pass filter as a normalized 2-D kernel (sums to 1)."""
+    f = torch.tensor(taps, dtype=torch.float32)
+    k = f[:, None] * f[None, :]
+    return k / k.sum()
+
+
+def upsample2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """2x upsampling with zero insertion and FIR filtering (upfirdn2d with up=2, gain 4)."""
+    c = x.shape[1]
+    k = (kernel * 4).to(x.dtype)[None, None].repeat(c, 1, 1, 1)
+    return F.conv_transpose2d(x, k, stride=2, padding=1, groups=c)
+
+
+def downsample2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """2x downsampling: FIR low-pass then keep every other pixel (upfirdn2d with down=2)."""
+    c = x.shape[1]
+    k = kernel.to(x.dtype)[None, None].repeat(c, 1, 1, 1)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1)), k, stride=2, groups=c)
+
+
+def blur(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """FIR filtering with explicit padding (left, right, top, bottom)."""
+    c = x.shape[1]
+    k = kernel.to(x.dtype)[None, None].repeat(c, 1, 1, 1)
+    return F.conv2d(F.pad(x, pad), k, groups=c)
+
+
+class EqualizedConv2d(nn.Module):
+    """Conv layer with runtime weight scaling and optional FIR 2x down/upsampling (stylegan2-ada's Conv2dLayer)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 activation: str = "linear", up: int = 1, down: int = 1, conv_clamp: float | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        self.activation, self.up, self.down, self.conv_clamp = activation, up, down, conv_clamp
+        self.padding = kernel_size // 2
+        self.register_buffer("resample_filter", fir_kernel(), persistent=False)
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        if self.up == 2:
+            x = upsample2d(x, self.resample_filter)
+        if self.down == 2:
+            # blur first so the strided conv does not alias (StyleGAN2's conv2d_resample order)
+            if w.shape[-1] == 1:
+                x = downsample2d(x, self.resample_filter)
+                x = F.conv2d(x, w)
+            else:
+                x = blur(x, self.resample_filter, (2, 1, 2, 1))
+                x = F.conv2d(x, w, stride=2, padding=self.padding)
+        else:
+            x = F.conv2d(x, w, padding=self.padding)
+        if self.bias is not None:
+            x = x + self.bias.to(x.dtype).view(1, -1, 1, 1)
+        if self.activation == "lrelu":
+            x = F.leaky_relu(x, 0.2) * (LRELU_GAIN * gain)
+        elif gain != 1.0:
+            x = x * gain
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return x.clamp(-clamp, clamp) if clamp is not None else x
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """x / sqrt(mean(x^2)) along `dim` (pixel norm of z and the class embedding)."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+class MinibatchStd(nn.Module):
+    """Appends the std of features over groups of samples as extra channels (D's mode-collapse signal)."""
+
+    def __init__(self, group_size: int = 4, num_channels: int = 1) -> None:
+        super().__init__()
+        self.group_size, self.num_channels = group_size, num_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        if n % g:
+            g = 1  # a batch the group does not divide: per-sample std is 0, which is still well defined
+        f = self.num_channels
+        y = x.reshape(g, -1, f, c // f, h, w)  # [G, n/G, F, c, H, W]
+        y = y - y.mean(dim=0)
+        y = (y.square().mean(dim=0) + 1e-8).sqrt()  # [n/G, F, c, H, W]
+        y = y.mean(dim=[2, 3, 4]).reshape(-1, f, 1, 1).repeat(g, 1, h, w)  # [n, F, H, W]
+        return torch.cat([x, y], dim=1)

@@ -159,7 +159,7 @@ def build_shard(samples: list[Sample], start_index: int, classes: list[str], fmt
     from webdataset import TarWriter
 
     buf = io.BytesIO()
-    with TarWriter(buf, encoder=False, mtime=0.0, user="gandist", group="gandist") as tar:
+    with TarWriter(buf, encoder=False, mtime=0, user="gandist", group="gandist") as tar:
         for i, sample in enumerate(samples):
             image = resize_center_crop(sample.image, resolution)
             record = {"__key__": f"{start_index + i:09d}", fmt: encode_image(image, fmt)}

@@ -46,7 +46,8 @@ class SpectralNormMixin:
                     u = F.normalize(w.float() @ v.float(), dim=0, eps=self.sn_eps).to(w.dtype)
                 self.u.copy_(u)
                 self.v.copy_(v)
-        sigma = torch.dot(self.u, w @ self.v)  # differentiable in w, vectors fixed (as in the paper)
+        # clones: a later forward (D on real, then on fake, in one graph) updates u, v in place before backward
+        sigma = torch.dot(self.u.clone(), w @ self.v.clone())  # differentiable in w, vectors fixed (as in the paper)
         if self.training:
             with torch.no_grad():
                 self.sigma.copy_(sigma.detach())

@@ -117,6 +117,16 @@ class ExperimentConfig(Section):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, description="Metrics and samples.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_tags(cls, data: Any) -> Any:
+        """`model: {hidden: 32}` means the default arch (mlp), `data: {mixture: grid25}` the default kind."""
+        if isinstance(data, dict):
+            for section, tag, default in (("model", "arch", "mlp"), ("data", "kind", "toy2d")):
+                if isinstance(data.get(section), dict) and tag not in data[section]:
+                    data = {**data, section: {tag: default, **data[section]}}
+        return data
+
     @model_validator(mode="after")
     def _pack_divides_batch(self) -> "ExperimentConfig":
         if self.train.batch_size % self.augment.pack:
@@ -154,6 +164,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return key.strip().split("."), value
 
 

@@ -1,0 +1,65 @@
+import glob
+import os
+
+import pytest
+
+from gandist.config import ConfigError, ExperimentConfig, load_config, parse_override
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml"))),
+                         ids=os.path.basename)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig)
+
+
+def test_misspelt_key_names_dotted_path_and_suggestion():
+    with pytest.raises(ConfigError, match=r"train\.batch_sise: unknown key \(did you mean batch_size\?\)"):
+        load_config(None, ["train.batch_sise=3"])
+
+
+def test_misspelt_key_in_union_member_suggests_its_fields():
+    with pytest.raises(ConfigError, match=r"model\.chh: unknown key \(did you mean ch\?\)"):
+        load_config(None, ["model.arch=dcgan", "model.chh=3"])
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("optim.g.lr=-1", "optim.g.lr: Input should be greater than 0 (got -1)"),
+    ("optim.d.betas=[0.5,1.0]", "optim.d.betas"),
+    ("train.batch_size=abc", "train.batch_size"),
+    ("model.arch=foo", "model:"),
+    ("loss.kind=bogus", "loss.kind"),
+    ("distributed.strategy=zero4", "distributed.strategy"),
+])
+def test_bad_values_are_rejected_with_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_overrides_are_typed():
+    assert parse_override("train.steps=30") == (["train", "steps"], 30)
+    assert parse_override("optim.g.lr=1e-4")[1] == pytest.approx(1e-4)
+    assert parse_override("optim.g.betas=[0.0,0.99]")[1] == [0.0, 0.99]
+    cfg = load_config(None, ["train.steps=30", "optim.g.lr=1e-4", "optim.g.betas=[0.0,0.99]",
+                             "penalties=[{kind: r1, weight: 1.0, every: 16}]", "penalties.0.weight=2"])
+    assert cfg.train.steps == 30 and cfg.optim.g.betas == (0.0, 0.99)
+    assert cfg.penalties[0].kind == "r1" and cfg.penalties[0].weight == 2.0 and cfg.penalties[0].every == 16
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_pack_must_divide_batch():
+    with pytest.raises(ConfigError, match="augment.pack"):
+        load_config(None, ["augment.pack=3", "train.batch_size=64"])
+
+
+def test_config_hash_ignores_run_length_but_not_model():
+    a = load_config(None, ["train.steps=10"])
+    assert a.hash() == load_config(None, ["train.steps=99"]).hash()
+    assert a.hash() != load_config(None, ["model.hidden=32"]).hash()

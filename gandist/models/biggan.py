@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gandist.data.base import DataInfo
-from gandist.models.base import BuildContext
+from gandist.models.base import BuildContext, packed_info
 from gandist.nn.attention import SelfAttention
 from gandist.nn.conditional_bn import ConditionalBatchNorm2d, PlainBatchNorm2d
 from gandist.nn.cross_replica_bn import batch_norm
@@ -285,7 +285,8 @@ def build(cfg, info: DataInfo, ctx: BuildContext) -> tuple[nn.Module, nn.Module]
     if cfg.arch == "biggan" and cfg.hier and num_classes and cfg.shared_dim == 0:
         raise ValueError("model.hier needs model.shared_dim > 0 for a conditional BigGAN")
     G = Generator(cfg, info, num_classes, ctx)
-    D = Discriminator(cfg, info, num_classes)
+    # PacGAN: D sees `pack` images stacked on channels and, like the other archs, no labels
+    D = Discriminator(cfg, packed_info(info, ctx.pack), num_classes if ctx.pack == 1 else 0)
     _init_weights(G, cfg.ortho_init)
     _init_weights(D, cfg.ortho_init)
     return G, D

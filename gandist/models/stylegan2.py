@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from gandist.data.base import DataInfo
-from gandist.models.base import BuildContext
+from gandist.models.base import BuildContext, packed_info
 from gandist.nn.equalized import EqualizedConv2d, EqualizedLinear, MinibatchStd, fir_kernel, normalize_2nd_moment, \
     upsample2d
 from gandist.nn.modulated_conv import SynthesisLayer, ToRGBLayer
@@ -240,4 +240,6 @@ def check_config(cfg, info: DataInfo) -> int:
 def build(cfg, info: DataInfo, ctx: BuildContext) -> tuple[nn.Module, nn.Module]:
     """StyleGAN2 (G, D) for square power-of-two images."""
     num_classes = check_config(cfg, info)
-    return Generator(cfg, info, num_classes), Discriminator(cfg, info, num_classes)
+    # PacGAN: D sees `pack` images stacked on channels and, like the other archs, no labels
+    D = Discriminator(cfg, packed_info(info, ctx.pack), num_classes if ctx.pack == 1 else 0)
+    return Generator(cfg, info, num_classes), D

@@ -1,0 +1,165 @@
+"""KubeRay manifests: every file in k8s/, both overlays and every rendered RayJob validate offline against
+KubeRay's CRD schema and Kubernetes' own schemas, and carry what a cluster run needs."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gandist.config import ExperimentConfig, load_config
+from gandist.orchestrate.kuberay import KubeRayOptions, render_raycluster, render_rayjob, to_yaml
+
+from .k8s_tools import CRD_DIR, REPO, has_schema, kustomize, pod_templates, validate
+
+K8S = REPO / "k8s"
+OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
+needs_crds = pytest.mark.skipif(not (CRD_DIR / "ray.io_rayjobs.yaml").is_file(),
+                                reason=f"KubeRay CRD schemas not found at {CRD_DIR} (see the project's shared/ data)")
+
+
+def _manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml" and p.name != "config.yaml")
+
+
+def test_overlays_exist_for_cpu_dev_and_gpu_8x():
+    assert [p.name for p in OVERLAYS] == ["cpu-dev", "gpu-8x"]
+
+
+@needs_crds
+@pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_every_manifest_in_k8s_validates(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs, f"{path} holds no manifest"
+    for doc in docs:
+        if has_schema(doc):
+            validate(doc)
+
+
+@pytest.mark.parametrize("path", sorted(K8S.rglob("config.yaml")), ids=lambda p: str(p.relative_to(K8S)))
+def test_experiment_configs_in_k8s_load(path):
+    cfg = load_config(path)
+    assert cfg.telemetry.port == 9100  # the port the pod templates expose as gandist-m0
+
+
+@needs_crds
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_overlay_renders_and_validates(overlay):
+    docs = kustomize(overlay)
+    kinds = sorted(d["kind"] for d in docs)
+    assert {"RayJob", "RayCluster", "ConfigMap", "PersistentVolumeClaim", "PodMonitor"} <= set(kinds)
+    for doc in docs:
+        if has_schema(doc):
+            validate(doc)
+    ns = yaml.safe_load((overlay / "kustomization.yaml").read_text())["namespace"]
+    assert {d["metadata"]["namespace"] for d in docs} == {ns}
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "gandist-config")
+    cfg = ExperimentConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
+    assert cfg.model_dump() == load_config(overlay / "config.yaml").model_dump()
+    rayjob = next(d for d in docs if d["kind"] == "RayJob")
+    workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
+    gpus_in_pods = int(limits.get("nvidia.com/gpu", 0)) * workers["replicas"]
+    entry = rayjob["spec"]["entrypoint"].split()
+    ray_workers = int(entry[entry.index("--workers") + 1])
+    gpus_per_worker = float(entry[entry.index("--gpus-per-worker") + 1])
+    assert ray_workers * gpus_per_worker == gpus_in_pods  # the job asks for exactly the GPUs the pods hold
+    if overlay.name == "gpu-8x":
+        assert gpus_in_pods == 8 and cfg.distributed.strategy == "zero2"
+        ports = [p["name"] for p in workers["template"]["spec"]["containers"][0]["ports"]]
+        assert [f"gandist-m{i}" for i in range(8)] == [p for p in ports if p.startswith("gandist-m")]
+    else:
+        assert gpus_in_pods == 0 and "nodeSelector" not in workers["template"]["spec"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with built-in kustomize) not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_small_kustomize_matches_kubectl_kustomize(overlay):
+    out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    theirs = sorted((d for d in yaml.safe_load_all(out) if d), key=key)
+    ours = sorted(kustomize(overlay), key=key)
+    assert [key(d) for d in ours] == [key(d) for d in theirs]
+    assert ours == theirs
+
+
+def test_base_manifests_match_the_renderer():
+    sys.path.insert(0, str(REPO / "launch"))
+    try:
+        from render_k8s_base import render_base
+    finally:
+        sys.path.pop(0)
+    for name, text in render_base().items():
+        assert (K8S / "base" / name).read_text() == text, f"k8s/base/{name} is stale: run python launch/render_k8s_base.py"
+
+
+def _options(**kw) -> KubeRayOptions:
+    return KubeRayOptions(**kw)
+
+
+@needs_crds
+@pytest.mark.parametrize("workers,gpus", [(1, 0), (2, 1), (4, 8)])
+def test_rendered_rayjob_validates_and_asks_for_the_gpus(workers, gpus):
+    cfg = ExperimentConfig(name="BigGAN 128!")
+    config_map, rayjob = render_rayjob(cfg, _options(workers=workers, gpus_per_worker=gpus, namespace="ml",
+                                                     node_selector={"pool": "a100"} if gpus else {}))
+    validate(config_map)
+    validate(rayjob)
+    assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["metadata"]["name"] == "gandist-biggan-128"
+    spec = rayjob["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 3600
+    group = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == workers
+    pod = group["template"]["spec"]
+    res = pod["containers"][0]["resources"]
+    assert res["requests"] == res["limits"]
+    assert res["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+    if gpus:
+        assert pod["nodeSelector"] == {"pool": "a100"}
+        assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    else:
+        assert "tolerations" not in pod
+    assert f"--workers {workers} --gpus-per-worker {gpus}" in spec["entrypoint"]
+    ports = [p["containerPort"] for p in pod["containers"][0]["ports"] if p["name"].startswith("gandist-m")]
+    assert ports == [9100 + i for i in range(max(1, gpus))]
+    assert group["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9100"
+    assert yaml.safe_load(config_map["data"]["config.yaml"])["telemetry"]["port"] == 9100
+
+
+def test_rendered_pods_run_as_non_root_with_credentials_only_from_a_secret():
+    cfg = load_config(None, ["checkpoint.url=s3://bucket/ckpt"])
+    _, rayjob = render_rayjob(cfg, _options(workers=2, s3_secret="my-s3"))
+    for template in pod_templates(rayjob):
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] == 1000
+        container = spec["containers"][0]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        # the config uses s3://, so a missing Secret must stop the pod instead of running without credentials
+        assert container["envFrom"] == [{"secretRef": {"name": "my-s3", "optional": False}}]
+        assert not [e for e in container["env"] if "AWS" in e["name"] or "SECRET" in e["name"]]
+    assert "AWS_" not in to_yaml([rayjob])
+
+
+@needs_crds
+def test_rendered_raycluster_validates_and_autoscales_from_zero():
+    cluster = render_raycluster(ExperimentConfig(), _options(workers=3))
+    validate(cluster)
+    group = cluster["spec"]["workerGroupSpecs"][0]
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    assert (group["minReplicas"], group["maxReplicas"]) == (0, 3)
+
+
+@needs_crds
+def test_schema_check_catches_a_misspelt_field():
+    _, rayjob = render_rayjob(ExperimentConfig(), _options())
+    rayjob["spec"]["shutdownAfterJobFinish"] = True
+    with pytest.raises(Exception, match="shutdownAfterJobFinish"):
+        validate(rayjob)
+    _, rayjob = render_rayjob(ExperimentConfig(), _options())
+    rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = 1
+    with pytest.raises(Exception, match="imagePullPolicyy"):
+        validate(rayjob)

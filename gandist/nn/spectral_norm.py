@@ -36,18 +36,19 @@ class SpectralNormMixin:
         return self.weight.reshape(self.weight.shape[0], -1)
 
     def normalized_weight(self) -> torch.Tensor:
-        """W / sigma, running `power_iterations` steps of the power method first when training."""
+        """W / sigma after `power_iterations` steps of the power method (stored only in training mode)."""
         w = self.weight_matrix()
-        if self.training:
-            with torch.no_grad():
-                u, v = self.u, self.v
-                for _ in range(self.power_iterations):
-                    v = F.normalize(w.t().float() @ u.float(), dim=0, eps=self.sn_eps).to(w.dtype)
-                    u = F.normalize(w.float() @ v.float(), dim=0, eps=self.sn_eps).to(w.dtype)
+        with torch.no_grad():
+            # eval mode iterates too but keeps the buffers (as BigGAN-PyTorch): a fresh layer's random u, v would
+            # give u.Wv near 0 (or negative) and blow the weight up, e.g. when sampling before the first step
+            u, v = self.u, self.v
+            for _ in range(self.power_iterations):
+                v = F.normalize(w.t().float() @ u.float(), dim=0, eps=self.sn_eps).to(w.dtype)
+                u = F.normalize(w.float() @ v.float(), dim=0, eps=self.sn_eps).to(w.dtype)
+            if self.training:
                 self.u.copy_(u)
                 self.v.copy_(v)
-        # clones: a later forward (D on real, then on fake, in one graph) updates u, v in place before backward
-        sigma = torch.dot(self.u.clone(), w @ self.v.clone())  # differentiable in w, vectors fixed (as in the paper)
+        sigma = torch.dot(u, w @ v)  # differentiable in w, vectors fixed (as in the paper)
         if self.training:
             with torch.no_grad():
                 self.sigma.copy_(sigma.detach())

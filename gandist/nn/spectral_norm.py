@@ -38,7 +38,7 @@ class SpectralNormMixin:
     def normalized_weight(self) -> torch.Tensor:
         """W / sigma after `power_iterations` steps of the power method (stored only in training mode)."""
         w = self.weight_matrix()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(w.device.type, enabled=False):  # power iteration in fp32 always
             # eval mode iterates too but keeps the buffers (as BigGAN-PyTorch): a fresh layer's random u, v would
             # give u.Wv near 0 (or negative) and blow the weight up, e.g. when sampling before the first step
             u, v = self.u, self.v
@@ -48,7 +48,8 @@ class SpectralNormMixin:
             if self.training:
                 self.u.copy_(u)
                 self.v.copy_(v)
-        sigma = torch.dot(u, w @ v)  # differentiable in w, vectors fixed (as in the paper)
+        with torch.autocast(w.device.type, enabled=False):  # sigma in fp32 even under bf16/fp16 autocast
+            sigma = torch.dot(u.float(), w.float() @ v.float())  # differentiable in w, vectors fixed (the paper)
         if self.training:
             with torch.no_grad():
                 self.sigma.copy_(sigma.detach())

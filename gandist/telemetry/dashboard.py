@@ -70,9 +70,10 @@ ROWS: tuple[RowSpec, ...] = (
         _stat("Ranks reporting", Query(f"count by (run) (gandist_step{{{SEL}}})", "{{run}}")),
         _stat("Rollbacks", Query(f"sum by (run) (gandist_rollbacks_total{{{SEL}}})", "{{run}}")),
         _stat("Checkpoint age", Query(f"max by (run) (gandist_checkpoint_age_seconds{{{SEL}}})", "{{run}}"), unit="s"),
-        _ts("Throughput", Query(f"sum by (run) (rate(gandist_images_seen_total{{{SEL}}}[{RATE}]))", "{{run}} all ranks"),
+        _ts("Throughput", Query(f"max by (run) (rate(gandist_images_seen_total{{{SEL}}}[{RATE}]))", "{{run}}"),
             Query(f"gandist_images_per_second{{{SEL}}}", "{{run}} r{{rank}} (loop)"), unit="short",
-            description="Images per second: processed by all ranks, and as the loop reports it per rank."),
+            description="Images per second of the whole run (every rank counts the global batch), and as the loop "
+                        "reports it per rank."),
         _ts("Step time", Query(f"histogram_quantile(0.5, sum by (le, run) (rate(gandist_step_seconds_bucket{{{SEL}}}[{RATE}])))",
                                "{{run}} p50"),
             Query(f"histogram_quantile(0.95, sum by (le, run) (rate(gandist_step_seconds_bucket{{{SEL}}}[{RATE}])))",
@@ -225,9 +226,9 @@ def alert_rules() -> list[dict]:
              "10m", "warning", "gandist run {{ $labels.run }} rank {{ $labels.rank }} is starved of data",
              f"Over {int(DATA_WAIT_MAX_FRACTION * 100)}% of step time goes to waiting for data; add loader workers "
              "or move shards closer."),
-        rule("GandistSkippingSamples",
-             "sum by (job, run, rank) (rate(gandist_skipped_samples_total[10m])) / "
-             f"sum by (job, run, rank) (rate(gandist_images_seen_total[10m])) > {SKIPPED_MAX_FRACTION}",
+        rule("GandistSkippingSamples",  # skips are per rank; images_seen counts the whole run's on every rank
+             "sum by (job, run) (rate(gandist_skipped_samples_total[10m])) / "
+             f"max by (job, run) (rate(gandist_images_seen_total[10m])) > {SKIPPED_MAX_FRACTION}",
              "5m", "warning", "gandist run {{ $labels.run }} skips samples",
              f"Over {SKIPPED_MAX_FRACTION:.0%} of samples are skipped as unreadable; check the shards."),
         rule("GandistCheckpointTooOld", f"gandist_checkpoint_age_seconds > {CHECKPOINT_MAX_AGE_SECONDS}", "5m",

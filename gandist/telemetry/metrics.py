@@ -142,7 +142,9 @@ class MetricsExporter:
         g = lambda name, doc, extra=(): Gauge(name, doc, [*LABELS, *extra], registry=r)  # noqa: E731
         c = lambda name, doc, extra=(): Counter(name, doc, [*LABELS, *extra], registry=r)  # noqa: E731
         self.m_step = g("gandist_step", "Last finished G step.")
-        self.m_images = c("gandist_images_seen", "Images processed by this rank (work done, rollbacks included).")
+        self.m_images = c(
+            "gandist_images_seen", "Images trained on by the whole run, as counted by this rank (rollbacks included)."
+        )
         self.m_img_per_sec = g("gandist_images_per_second", "Training throughput reported by the loop.")
         self.m_phase = Histogram(
             "gandist_phase_seconds", "Seconds per phase (D, G, Dreg, Greg, data).", [*LABELS, "phase"],
@@ -228,7 +230,7 @@ class MetricsExporter:
     def _write_file_sd(self, port: int) -> None:
         """A Prometheus file_sd target for this rank: Prometheus finds it even when the port moved."""
         host = socket.gethostname() if self.cfg.host in ("0.0.0.0", "") else self.cfg.host
-        target = [{"targets": [f"{host}:{port}"], "labels": {"gandist_run": self.run, "gandist_rank": str(self.rank)}}]
+        target = [{"targets": [f"{host}:{port}"]}]  # run and rank come with every series already
         try:
             directory = Path(self.cfg.file_sd_dir)
             directory.mkdir(parents=True, exist_ok=True)

@@ -184,7 +184,7 @@ def test_file_sd_target_names_the_bound_port_and_is_removed_on_close(make_export
     [path] = list(tmp_path.glob("*.json"))
     [group] = json.loads(path.read_text())
     assert group["targets"] == [f"127.0.0.1:{exporter.port}"]
-    assert group["labels"] == {"gandist_run": "sd", "gandist_rank": "2"}
+    assert path.name == "gandist-sd-rank2.json"
     exporter.close()
     assert not list(tmp_path.glob("*"))
 

@@ -184,3 +184,25 @@ def test_prepare_d_input_is_world_size_invariant():
     parts = [prepare_d_input(x[r * 4:(r + 1) * 4], None, cfg, 9, rand_for(4, offset=r * 4, global_n=8))[0]
              for r in range(2)]
     assert torch.equal(torch.cat(parts), full)
+
+
+@pytest.mark.parametrize("shape", [(3,), (3, 64, 64)], ids=["full-draw", "per-sample-streams"])
+def test_global_random_slices_equal_the_full_draw(shape):
+    full = rand_for(6).randn(6, *shape)
+    parts = [rand_for(2, offset=r * 2, global_n=6).randn(2, *shape) for r in range(3)]
+    assert torch.equal(torch.cat(parts), full)
+    if len(shape) > 1:  # 12288 values per sample: the std is measurable
+        assert full.std().item() == pytest.approx(1.0, abs=0.02)
+    # consecutive calls are independent streams
+    twice = rand_for(6)
+    assert not torch.equal(twice.randn(6, *shape), twice.randn(6, *shape))
+
+
+def test_large_instance_noise_is_world_size_invariant():
+    x = torch.zeros(4, 3, 64, 64)
+    cfg = AugmentConfig(instance_noise=InstanceNoiseConfig(std=0.3))
+    full, _ = prepare_d_input(x, None, cfg, 0, rand_for(4))
+    parts = [prepare_d_input(x[r * 2:(r + 1) * 2], None, cfg, 0, rand_for(2, offset=r * 2, global_n=4))[0]
+             for r in range(2)]
+    assert torch.equal(torch.cat(parts), full)
+    assert full.std().item() == pytest.approx(0.3, abs=0.01)

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gandist.errors import UserError
+
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -33,7 +35,7 @@ class DistEnv:
 def pick_device(device: str, local_rank: int) -> torch.device:
     """cuda:LOCAL_RANK when CUDA is wanted and present, else cpu; `device` is train.device (auto, cpu, cuda)."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; set train.device=cpu or auto")
+        raise UserError("train.device is 'cuda' but no CUDA device is visible; set train.device=cpu or auto")
     if device in ("cuda", "auto") and torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
@@ -45,7 +47,7 @@ def pick_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
-        raise RuntimeError("distributed.backend is 'nccl' but the device is CPU; set distributed.backend=gloo or auto")
+        raise UserError("distributed.backend is 'nccl' but the device is CPU; set distributed.backend=gloo or auto")
     return backend
 
 
@@ -58,7 +60,7 @@ def init_process_group(backend: str = "auto", device: str = "auto") -> DistEnv:
                        dist.group.WORLD, owns_group=False)
     missing = [k for k in _ENV_KEYS if k not in os.environ]
     if missing:
-        raise RuntimeError(
+        raise UserError(
             f"distributed strategies need {', '.join(missing)} in the environment; launch with "
             "`torchrun --nproc_per_node N -m gandist train ...` (or `gandist train --ray`), or use "
             "distributed.strategy=single on one process")
@@ -139,18 +141,20 @@ class DistributedBase:
         self.local_rank, self.device = self.env.local_rank, self.env.device
         self.process_group = self.env.group
         self.current_phase: str | None = None
+        if cfg.train.amp == "fp16" and self.device.type != "cuda":
+            raise UserError("train.amp: fp16 needs a CUDA device (loss scaling); on CPU use bf16 or off")
 
     def micro_batch(self, accumulation: int) -> int:
         """Per-rank micro-batch size; an error naming the keys when the global batch does not divide."""
         batch = self.cfg.train.batch_size
         if batch % (self.world_size * accumulation):
-            raise ValueError(
+            raise UserError(
                 f"train.batch_size {batch} is not divisible by world size {self.world_size} x optim.accumulation "
                 f"{accumulation}; choose a multiple of {self.world_size * accumulation}")
         return batch // (self.world_size * accumulation)
 
     def _remember_trainable(self, G: nn.Module, D: nn.Module) -> None:
-        self.modules = {"G": G, "D": D}
+        self.modules = {"G": G.to(self.device), "D": D.to(self.device)}
         self.trainable = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.modules.items()}
 
     def _set_trainable(self, name: str, flag: bool) -> None:
@@ -192,6 +196,16 @@ class DistributedBase:
         self.lr_scale[name] = float(scale)
         for group in self._param_groups(name):
             group["lr"] = self.base_lr[name] * self.lr_scale[name]
+
+    def current_lr(self, name: str) -> float:
+        """`name`'s learning rate now (base x lr scale)."""
+        return self._param_groups(name)[0]["lr"]
+
+    def all_gather_object(self, obj: Any) -> list:
+        """Every rank's object, in rank order."""
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.env.group)
+        return out
 
     def autocast(self):
         """bf16 autocast when train.amp is bf16 (fp16: CUDA only), else a no-op context."""

@@ -1,0 +1,313 @@
+"""DeepSpeed ZeRO 1/2/3 with two engines, one per net (`distributed.strategy: zero1 | zero2 | zero3`).
+
+Pitfalls handled here (each has a test in tests/distributed/):
+- DeepSpeed#399: G's backward runs through D; unless D's parameters are frozen during the G phase, D's engine
+  collects stray gradients. `phase()` freezes the other net.
+- #4923 / DeepSpeedExamples#193 (the GAN example failing at ZeRO-2/3): the engines' own micro-step counters assume
+  one backward per micro-batch and one engine; here the loop owns the boundary: backward() marks it with
+  `set_gradient_accumulation_boundary(last_micro)` and step() is the only call that steps the engine.
+- Engines broadcast parameters but not buffers: spectral-norm u/v/sigma and BN running stats are broadcast from
+  rank 0 at setup and after every step.
+- ZeRO-3 gathers a module's own parameters around its forward; gandist's SN layers keep the weight as their own
+  parameter (gandist/nn/spectral_norm.py), so W/sigma(W) sees the full weight. `gathered()` gives full weights for
+  EMA and orthogonal regularization.
+Checkpoints hold consolidated fp32 weights and Adam moments by parameter name (base.adam_state_by_name's format),
+so a zero2 run resumes under ddp or single and `gandist generate` loads it on one process.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Iterator
+
+import torch
+import torch.utils.deterministic
+from torch import nn
+
+from gandist.errors import UserError
+from gandist.strategies.base import NETS, OptimSetup, StepStats, Strategy, build_adam
+from gandist.strategies.dist_env import DistributedBase, broadcast_module
+
+
+def deepspeed_config(cfg, stage: int, world_size: int, accumulation: int, grad_clip: float, amp: str,
+                     numel: int = 5 * 10**8) -> dict:
+    """The DeepSpeed config generated from gandist's: batch sizes, accumulation, clipping, precision, ZeRO stage.
+
+    `numel` (the net's parameter count) caps the communication buckets: DeepSpeed's default 5e8-element buckets
+    are allocated up front, 2 GB per engine per rank even for a tiny net.
+    """
+    zero = cfg.distributed.zero
+    if zero.offload_params and stage != 3:
+        raise UserError(f"distributed.zero.offload_params needs distributed.strategy=zero3 (got zero{stage}); "
+                         "set distributed.zero.offload_params=false or use zero3")
+    batch = cfg.train.batch_size
+    if batch % (world_size * accumulation):
+        raise UserError(f"train.batch_size {batch} is not divisible by world size {world_size} x optim.accumulation "
+                         f"{accumulation}; choose a multiple of {world_size * accumulation}")
+    bucket = int(min(max(numel, 10**6), 5 * 10**8))
+    zero_section: dict = {"stage": stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
+    if stage == 3:
+        # tensors under 1024 elements (biases, gains) stay whole on every rank; weight matrices are partitioned
+        zero_section.update(stage3_param_persistence_threshold=1024, stage3_prefetch_bucket_size=bucket,
+                            stage3_max_live_parameters=max(bucket, 10**7))
+    if zero.offload_optimizer:
+        zero_section["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if zero.offload_params:
+        zero_section["offload_param"] = {"device": "cpu", "pin_memory": False}
+    return {
+        "train_batch_size": batch,
+        "train_micro_batch_size_per_gpu": batch // (world_size * accumulation),
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": float(grad_clip),
+        "zero_optimization": zero_section,
+        "bf16": {"enabled": amp == "bf16"},
+        "fp16": {"enabled": amp == "fp16", "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,  # torch Adam: same kernels as single/ddp, so results match them
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _state_keys(module: nn.Module) -> list[tuple[str, str]]:
+    """(key, 'param' | 'buffer') in state_dict order, without touching (possibly partitioned) tensors."""
+    keys = []
+    for prefix, m in module.named_modules():
+        head = f"{prefix}." if prefix else ""
+        keys += [(head + n, "param") for n, p in m._parameters.items() if p is not None]
+        keys += [(head + n, "buffer") for n, b in m._buffers.items()
+                 if b is not None and n not in m._non_persistent_buffers_set]
+    return keys
+
+
+class ZeroStrategy(DistributedBase, Strategy):
+    """Two DeepSpeed engines (G, D) over torch Adam; stage from distributed.strategy."""
+
+    def __init__(self, cfg) -> None:
+        self.stage = int(cfg.distributed.strategy[-1])
+        self._init_env(cfg)
+        import deepspeed
+
+        if self.device.type == "cpu":
+            # DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce (C++, minutes on a small machine,
+            # and a killed build leaves a lock every later run waits on forever); gloo needs none of it.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend=self.env.backend, auto_mpi_discovery=False)
+
+    def setup(self, G: nn.Module, D: nn.Module, optim: dict[str, OptimSetup], accumulation: int,
+              grad_clip: float, amp: str) -> None:
+        """Broadcast rank 0's buffers (engines do the parameters), then build one engine per net."""
+        import deepspeed
+
+        self.accumulation, self.grad_clip, self.amp = accumulation, grad_clip, amp
+        self._remember_trainable(G, D)
+        # deterministic mode fills every torch.empty with NaN; DeepSpeed allocates its flat buffers that way each
+        # step (measured: 78 s instead of 0.4 s for 5 toy steps). The fill is a debugging aid, not determinism.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        for module in (G, D):
+            broadcast_module(module, self.env, params=True)
+        self.engines, self.ds_configs = {}, {}
+        for n in NETS:
+            numel = sum(p.numel() for p in self.trainable[n])
+            ds_config = deepspeed_config(self.cfg, self.stage, self.world_size, accumulation, grad_clip, amp, numel)
+            self.ds_configs[n] = ds_config
+            optimizer = build_adam(self.trainable[n], optim[n])
+            try:
+                engine, *_ = deepspeed.initialize(model=self.modules[n], optimizer=optimizer,
+                                                  config=ds_config, dist_init_required=False)
+            except Exception as err:  # DeepSpeed's own message, plus which gandist keys produced the config
+                raise UserError(
+                    f"DeepSpeed refused the config generated for {n} from distributed.strategy="
+                    f"{self.cfg.distributed.strategy}, distributed.zero, train.amp={amp}: {err} "
+                    f"(generated config: {json.dumps(ds_config)})") from err
+            self.engines[n] = engine
+        self.base_lr = {n: optim[n].lr for n in NETS}
+        self.lr_scale = {n: 1.0 for n in NETS}
+
+    def net(self, name: str):
+        """The DeepSpeed engine (ZeRO-3 gathers parameters around its forward)."""
+        return self.engines[name]
+
+    def module(self, name: str) -> nn.Module:
+        """The plain module inside the engine (parameters partitioned under ZeRO-3: see gathered())."""
+        return self.engines[name].module
+
+    @contextlib.contextmanager
+    def gathered(self, name: str) -> Iterator[nn.Module]:
+        """The module with full parameters (read-only): ZeRO-3 all-gathers them for the duration."""
+        module = self.module(name)
+        if self.stage < 3:
+            yield module
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            yield module
+
+    def backward(self, loss: torch.Tensor, name: str, last_micro: bool = True) -> None:
+        """engine.backward of loss / accumulation; the loop's last_micro marks the reduction boundary."""
+        engine = self.engines[name]
+        engine.set_gradient_accumulation_boundary(bool(last_micro))
+        engine.backward(loss)  # scale_wrt_gas: divides by gradient_accumulation_steps == optim.accumulation
+
+    def _grad_stats(self, name: str) -> StepStats:
+        """Per-parameter norms of the reduced gradient, from each rank's partition plus one all-reduce."""
+        names = [n for n, p in self.module(name).named_parameters() if p.requires_grad]
+        params = dict(self.module(name).named_parameters())
+        sums = torch.zeros(2 * len(names), dtype=torch.float64)
+        for i, n in enumerate(names):
+            local = self._local_grad(params[n])
+            if local is not None and local.numel():
+                local = local.detach().float()
+                finite = torch.isfinite(local)
+                sums[2 * i] = float(torch.where(finite, local, 0).pow(2).sum())
+                sums[2 * i + 1] = float((~finite).sum())
+        sums = sums.to(self.device)
+        self.all_reduce(sums)
+        sums = sums.cpu()
+        scale = float(getattr(self.engines[name].optimizer, "loss_scale", 1.0) or 1.0) if self.amp == "fp16" else 1.0
+        norms: dict[str, float] = {}
+        nonfinite = 0
+        for i, n in enumerate(names):
+            bad = int(sums[2 * i + 1])
+            nonfinite += bad
+            norms[n] = float("nan") if bad else float(sums[2 * i]) ** 0.5 / scale
+        total = sum(v * v for v in norms.values()) ** 0.5
+        return StepStats(grad_norm=total, layer_grad_norms=norms, nonfinite=nonfinite)
+
+    def _local_grad(self, p: nn.Parameter) -> torch.Tensor | None:
+        """This rank's slice of p's reduced gradient (None when it owns none)."""
+        if self.stage == 3:
+            from deepspeed.utils import safe_get_local_grad
+
+            return safe_get_local_grad(p)
+        mapping = getattr(p, "_hp_mapping", None)
+        if mapping is None:
+            return None
+        frag = mapping.get_lp_grad_fragment(p._index_in_param_group).reshape(-1)
+        address = mapping.lp_fragment_address
+        if frag.numel() == p.numel() and address.numel != p.numel():  # bf16 keeps the full buffer per rank
+            frag = frag.narrow(0, address.start, address.numel)
+        return frag
+
+    def step(self, name: str) -> StepStats:
+        """Measure the reduced gradients, then engine.step(): unscale, clip, Adam on the partition, zero grads."""
+        stats = self._grad_stats(name)
+        engine = self.engines[name]
+        engine.step()
+        stats.skipped = not engine.was_step_applied()
+        broadcast_module(self.module(name), self.env, params=False)
+        return stats
+
+    def zero_grad(self, name: str) -> None:
+        """Drop accumulated gradients (partitioned ones too)."""
+        self.engines[name].optimizer.zero_grad()
+
+    def _param_groups(self, name: str) -> list[dict]:
+        return self.engines[name].optimizer.param_groups
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Checkpoints: consolidated, portable
+
+    def _inner_optimizer(self, name: str) -> torch.optim.Optimizer:
+        return self.engines[name].optimizer.optimizer
+
+    def _adam_step(self, name: str) -> float | None:
+        for st in self._inner_optimizer(name).state.values():
+            if "step" in st:
+                return float(st["step"])
+        return None
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """Consolidated fp32 weights and by-name Adam moments (collectives: every rank must call it)."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        shared: dict = {"optim": {}, "lr_scale": dict(self.lr_scale), "scalers": {n: None for n in NETS}}
+        for n in NETS:
+            self._set_trainable(n, True)  # ZeRO-3 only consolidates parameters that require grad
+            module = self.module(n)
+            params, buffers = dict(module.named_parameters()), dict(module.named_buffers())
+            step = self._adam_step(n)
+            weights, moments = {}, {}
+            for key, kind in _state_keys(module):
+                if kind == "buffer":
+                    weights[key] = buffers[key].detach().cpu().clone()
+                    continue
+                p = params[key]
+                shape = tuple(getattr(p, "ds_shape", p.shape))
+                weights[key] = safe_get_full_fp32_param(p).reshape(shape).cpu().to(p.dtype).clone()
+                if step is not None:
+                    moments[key] = {"step": torch.tensor(step),
+                                    **{k: safe_get_full_optimizer_state(p, k).reshape(shape).cpu().clone()
+                                       for k in ("exp_avg", "exp_avg_sq")}}
+            shared[n] = weights
+            shared["optim"][n] = {"params": moments}
+        return shared, {}
+
+    def _ensure_adam_state(self, name: str, step: float) -> None:
+        """Create (zero) Adam state on the flat partitions so that by-name moments can be written into it."""
+        inner = self._inner_optimizer(name)
+        for group in inner.param_groups:
+            for flat in group["params"]:
+                st = inner.state[flat]
+                if "exp_avg" not in st:
+                    st.update(exp_avg=torch.zeros_like(flat), exp_avg_sq=torch.zeros_like(flat))
+                st["step"] = torch.tensor(float(step))
+        link = getattr(self.engines[name].optimizer, "_lazy_init_hp_params_optimizer_state", None)
+        if link is not None:
+            link()
+
+    def load_state_dict(self, shared: dict, per_rank: dict | None) -> None:
+        """Load weights and by-name Adam state written by any strategy (single, ddp, zero*) at any world size."""
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        for n in NETS:
+            self._set_trainable(n, True)
+            module, weights = self.module(n), shared[n]
+            moments = shared["optim"][n]["params"]
+            params, buffers = dict(module.named_parameters()), dict(module.named_buffers())
+            _check_keys(n, module, weights)
+            if moments:
+                self._ensure_adam_state(n, float(next(iter(moments.values()))["step"]))
+            for key, kind in _state_keys(module):
+                if kind == "buffer":
+                    buffers[key].data.copy_(weights[key])
+                    continue
+                p, value = params[key], weights[key].to(self.device).float()
+                safe_set_full_fp32_param(p, value)
+                if self.stage < 3:
+                    p.data.copy_(value.to(p.dtype))  # ZeRO-1/2 keep a full low-precision copy on every rank
+                if moments:
+                    if key not in moments:
+                        raise UserError(f"optimizer state of {n} has no entry for parameter {key!r}: "
+                                       "checkpoint of a different model?")
+                    for k in ("exp_avg", "exp_avg_sq"):
+                        safe_set_full_optimizer_state(p, moments[key][k].to(self.device).float(), k)
+            if self.stage == 3:
+                self._load_partitioned_weights(module, weights)
+            self.set_lr_scale(n, shared.get("lr_scale", {}).get(n, 1.0))
+
+    def _load_partitioned_weights(self, module: nn.Module, weights: dict) -> None:
+        """ZeRO-3: write the full weights into the gathered params; leaving the context re-partitions them."""
+        import deepspeed
+
+        named = dict(module.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(named.values()), modifier_rank=0):
+            if self.rank == 0:
+                for key, p in named.items():
+                    p.data.copy_(weights[key].to(p.device, p.dtype))
+
+
+def _check_keys(name: str, module: nn.Module, weights: dict) -> None:
+    """A clear error when a checkpoint's weights belong to a different model."""
+    expected = {k for k, _ in _state_keys(module)}
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise UserError(f"checkpoint weights of {name} do not fit this model (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}): checkpoint of a different model.arch or size?")
+    params = dict(module.named_parameters())
+    for key, p in params.items():
+        shape = tuple(getattr(p, "ds_shape", p.shape))
+        if tuple(weights[key].shape) != shape:
+            raise UserError(f"checkpoint weight {name}.{key} has shape {tuple(weights[key].shape)}, the model "
+                             f"{shape}: checkpoint of a different model size?")

@@ -1,0 +1,185 @@
+"""`gandist train CONFIG --ray`: the gandist loop inside Ray Train's TorchTrainer (Ray Train V2 conventions).
+
+Ray decides where the workers run and restarts the whole group when one dies (FailureConfig.max_failures =
+distributed.max_failures); it has already set up torch.distributed (gloo on CPU, NCCL on GPU) when the loop starts,
+and gandist's strategies reuse that process group. Checkpoints stay gandist's own (`RUN_DIR/checkpoints/step-N`,
+one format whatever launched the run); each is reported to Ray so that Ray's bookkeeping and restarts see it, but
+a restarted worker resumes from gandist's own `latest` pointer.
+
+RunConfig(storage_path = RUN_DIR's parent, name = RUN_DIR's base name) makes Ray's experiment folder the run dir
+itself, so a driver that died is resumed by running the same command again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from urllib.parse import urlparse
+
+from gandist.cli import UserError
+from gandist.config import ExperimentConfig
+
+PENDING_TIMEOUT_ENV = "GANDIST_RAY_PENDING_TIMEOUT"  # seconds to wait for Ray to place the worker group
+DEFAULT_PENDING_TIMEOUT_S = 300.0
+CONNECT_TIMEOUT_S = 5.0
+
+
+def split_run_dir(run_dir: str) -> tuple[str, str]:
+    """RUN_DIR -> (storage_path, name) for RunConfig: its parent (absolute path or URL) and its base name."""
+    if "://" in run_dir:
+        parsed = urlparse(run_dir.rstrip("/"))
+        parent, _, name = parsed.path.rpartition("/")
+        return f"{parsed.scheme}://{parsed.netloc}{parent}", name
+    path = os.path.abspath(os.path.expanduser(run_dir))
+    return os.path.dirname(path), os.path.basename(path)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds (not a hang inside ray.init) when nothing listens at a Ray HOST:PORT address."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        target = address[len("ray://"):] if address.startswith("ray://") else None
+    elif address.startswith(("http://", "https://")):
+        raise UserError(f"--address {address}: that is a dashboard (Jobs API) URL; give the cluster's GCS address "
+                        "HOST:6379 here, or submit the run with `gandist submit CONFIG --ray-address URL`")
+    else:
+        target = address
+    if not target:
+        return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379), 'auto' or ray://HOST:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise UserError(f"--address {address}: no Ray cluster reachable there ({err}); start one with "
+                        f"`ray start --head --port {port}` or fix the address") from None
+
+
+class RayReporter:
+    """The loop's reporter inside a Ray Train worker: every rank reports each checkpoint, rank 0 attaches it."""
+
+    def __init__(self, experiment_dir: str):
+        self.experiment_dir = experiment_dir.rstrip("/")
+
+    def on_step(self, step: int, metrics: dict) -> None:
+        """Per-step metrics stay in gandist's telemetry; reporting them to Ray too would add a barrier per step."""
+
+    def on_checkpoint(self, step: int, url: str) -> None:
+        """Call ray.train.report once per checkpoint on every rank (it is a barrier); rank 0 passes the checkpoint."""
+        import ray.train
+
+        metrics = {"step": step, "checkpoint_url": url}
+        dir_name = f"step-{step:08d}"
+        path = url[len("file://"):] if url.startswith("file://") else url
+        inside = "://" not in path and os.path.abspath(path).startswith(self.experiment_dir + os.sep)
+        if ray.train.get_context().get_world_rank() != 0:
+            mode = ray.train.CheckpointUploadMode.NO_UPLOAD if inside else ray.train.CheckpointUploadMode.SYNC
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=dir_name if inside else f"ray-{dir_name}",
+                             checkpoint_upload_mode=mode)
+        elif inside:
+            # gandist's checkpoint already lives in Ray's experiment folder: register it where it is, copy nothing
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint(os.path.abspath(path)),
+                             checkpoint_dir_name=dir_name,
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
+        else:
+            # checkpoints elsewhere (e.g. checkpoint.url on S3): Ray stores a small pointer to them
+            with tempfile.TemporaryDirectory() as tmp:
+                with open(os.path.join(tmp, "gandist_checkpoint.json"), "w") as f:
+                    json.dump({"step": step, "url": url}, f)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=f"ray-{dir_name}")
+
+
+def _train_worker(config: dict) -> None:
+    """Runs on every Ray Train worker: the ordinary gandist loop on Ray's process group."""
+    import ray.train
+
+    from gandist.config import config_from_dict
+    from gandist.train.loop import run_training
+
+    cfg = config_from_dict(config["cfg"], "ray train config")
+    # after a restart Ray hands back the last reported checkpoint: never wipe the run then, resume it
+    force = config["force"] and ray.train.get_checkpoint() is None
+    run_training(cfg, config["run_dir"], force=force, reporter=RayReporter(config["experiment_dir"]))
+
+
+def wait_for_placement(workers: int, resources: dict, timeout_s: float) -> None:
+    """Reserve the worker group's resources once; if Ray keeps it pending past the timeout, say why and stop."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    pg = placement_group([dict(resources) for _ in range(workers)], strategy="PACK")
+    try:
+        ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+        if not ready:
+            state = placement_group_table(pg).get("state", "PENDING")
+            available = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+            total = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            raise UserError(
+                f"Ray cannot place {workers} worker(s) with {resources} each: the placement group is still {state} "
+                f"after {timeout_s:.0f}s (cluster total {total}, available {available}); lower --workers or "
+                f"--gpus-per-worker, add nodes, or raise {PENDING_TIMEOUT_ENV}")
+    finally:
+        remove_placement_group(pg)
+
+
+def train_with_ray(cfg: ExperimentConfig, run_dir: str, *, address: str | None, workers: int,
+                   gpus_per_worker: float, force: bool, pending_timeout_s: float | None = None) -> int:
+    """Train `cfg` with `workers` Ray Train workers; returns the exit code (0: finished)."""
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if gpus_per_worker < 0:
+        raise UserError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    if workers > 1 and cfg.distributed.strategy == "single":
+        raise UserError(f"--workers {workers} with distributed.strategy=single would train {workers} unsynced "
+                        "copies; set --set distributed.strategy=ddp (or zero1/zero2/zero3)")
+    if address:
+        check_reachable(address)
+    if pending_timeout_s is None:
+        pending_timeout_s = float(os.environ.get(PENDING_TIMEOUT_ENV, DEFAULT_PENDING_TIMEOUT_S))
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = gpus_per_worker > 0
+    backend = cfg.distributed.backend if cfg.distributed.backend != "auto" else ("nccl" if use_gpu else "gloo")
+    resources = {"CPU": 1.0, **({"GPU": float(gpus_per_worker)} if use_gpu else {})}
+    storage_path, name = split_run_dir(run_dir)
+    experiment_dir = f"{storage_path}/{name}"
+    env_vars = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}  # DeepSpeed picks CUDA otherwise
+    if not ray.is_initialized():
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None)
+    wait_for_placement(workers, resources, pending_timeout_s)
+
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_dir": experiment_dir, "force": force,
+                           "experiment_dir": experiment_dir},
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.distributed.max_failures),
+            # gandist prunes its own checkpoints (checkpoint.keep_last); Ray must not delete them behind its back
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            worker_runtime_env={"env_vars": env_vars} if env_vars else None,
+        ),
+    )
+    started = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as err:  # TrainingFailedError and friends: the workers' traceback is already in the log
+        print(f"gandist: Ray Train run {experiment_dir} failed after {time.time() - started:.0f}s: {err}",
+              file=sys.stderr)
+        return 1
+    if result.error is not None:
+        print(f"gandist: Ray Train run {experiment_dir} failed: {result.error}", file=sys.stderr)
+        return 1
+    step = (result.metrics or {}).get("step")
+    print(f"gandist: Ray Train run finished in {time.time() - started:.0f}s; last checkpoint step {step}, "
+          f"run dir {experiment_dir}")
+    return 0

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+import math
+
+from pydantic import Field, field_validator, model_validator
 
 from gandist.configbase import Section
 
@@ -19,6 +21,12 @@ class InjectConfig(Section):
     repeat: bool = Field(
         False, description="Inject again each time a rollback replays the step (a persistent fault, e.g. bad hardware)."
     )
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _nan_is_a_name(cls, kind):
+        # `--set watchdog.inject.kind=nan` is parsed as YAML, which reads the word nan as the float NaN
+        return "nan" if isinstance(kind, float) and math.isnan(kind) else kind
 
 
 class NonfiniteConfig(Section):
@@ -98,6 +106,10 @@ class WatchdogConfig(Section):
     enabled: bool = Field(True, description="Monitor signals and roll back on divergence.")
     sigma_every: int = Field(10, ge=1, description="Power-iterate layers without spectral norm every k steps.")
     ema_every: int = Field(10, ge=1, description="Measure the EMA-vs-G weight distance every k steps.")
+    warmup: int = Field(
+        200, ge=0, description="Steps from the start before the statistical detectors (spike, sigma growth, D "
+        "overpower) judge: a GAN's first steps change every signal fast and legitimately."
+    )
     healthy_window: int = Field(50, ge=1, description="A checkpoint is healthy when this many steps before it were ok.")
     max_rollbacks: int = Field(3, ge=0, description="Rollbacks allowed within rollback_window steps; one more stops (exit 3).")
     rollback_window: int = Field(1000, ge=1, description="G steps over which rollbacks are counted.")

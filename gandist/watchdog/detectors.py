@@ -55,6 +55,8 @@ def _severity(name: str) -> int:
 class NonfiniteDetector:
     """NaN or Inf anywhere in the record, or a non-zero non-finite count: diverged at once."""
 
+    statistical = False
+
     def __init__(self, cfg: NonfiniteConfig) -> None:
         self.cfg = cfg
 
@@ -74,6 +76,8 @@ class NonfiniteDetector:
 
 class SpikeDetector:
     """A value more than k robust standard deviations (1.4826 * MAD) from its running median."""
+
+    statistical = True  # judged only after watchdog.warmup
 
     def __init__(self, cfg: SpikeConfig) -> None:
         self.cfg = cfg
@@ -126,6 +130,8 @@ class SpikeDetector:
 class SigmaGrowthDetector:
     """A layer whose top singular value grew by `factor` within the window, increasing at most checks."""
 
+    statistical = True  # judged only after watchdog.warmup
+
     def __init__(self, cfg: SigmaGrowthConfig) -> None:
         self.cfg = cfg
         self._history: dict[str, deque] = {}  # name -> (step, sigma) of distinct measurements
@@ -172,6 +178,8 @@ class SigmaGrowthDetector:
 class DOverpowerDetector:
     """D(real) - D(fake) above the bound for `window` consecutive steps: D wins outright and G gets no signal."""
 
+    statistical = True  # judged only after watchdog.warmup
+
     def __init__(self, cfg: DOverpowerConfig) -> None:
         self.cfg = cfg
         self._streak = 0
@@ -197,6 +205,8 @@ class DOverpowerDetector:
 
 class BoundsDetector:
     """Any |loss| or per-net gradient norm past its absolute bound: diverged at once."""
+
+    statistical = False
 
     def __init__(self, cfg: BoundsConfig) -> None:
         self.cfg = cfg
@@ -226,10 +236,12 @@ def build_detectors(cfg: WatchdogConfig) -> list:
     return [cls(section) for section, cls in candidates if section.enabled]
 
 
-def run_detectors(detectors: list, step: int, values: dict[str, float]) -> Finding | None:
-    """Worst finding over all detectors (every detector sees every step, so their windows stay current)."""
+def run_detectors(detectors: list, step: int, values: dict[str, float], warmup: int = 0) -> Finding | None:
+    """Worst finding over all detectors; statistical ones join once `step` reaches `warmup`."""
     worst: Finding | None = None
     for detector in detectors:
+        if detector.statistical and step < warmup:
+            continue
         finding = detector.check(step, values)
         if finding is not None and (worst is None or finding.verdict > worst.verdict):
             worst = finding

@@ -93,7 +93,7 @@ class Watchdog:
         if G_ema is not None and (step % self.cfg.ema_every == 0 or self._ema_distance is None):
             self._ema_distance = ema_distance(G, G_ema)
         signals.ema_distance = self._ema_distance
-        self._finding = run_detectors(self.detectors, step, flatten(signals))
+        self._finding = run_detectors(self.detectors, step, flatten(signals), self.cfg.warmup)
         return OK if self._finding is None else self._finding.verdict
 
     def resolve(self, agreed: int, signals: Signals) -> Action | None:

@@ -334,8 +334,8 @@ class StreamBatches(BatchIterator):
     def load_state_dict(self, state: dict) -> None:
         self.close()
         positions = [dict(p) for p in state.get("positions", [])]
-        same = (state.get("world_size") == self.world_size and state.get("streams") == self.streams
-                and len(positions) == self.streams)
+        same = (state.get("world_size") == self.world_size and state.get("rank") == self.rank
+                and state.get("streams") == self.streams and len(positions) == self.streams)
         if same:
             self.positions, self.batches = positions, int(state["batches"])
             return

@@ -113,3 +113,20 @@ def test_bad_source_is_a_user_error_naming_it(tmp_path, src, message):
         src = str(tmp_path)
     with pytest.raises(UserError, match=message):
         write_shards(src, str(tmp_path / "out"), progress=False)
+
+
+def test_cli_writes_verifies_and_reports_bad_input_in_one_line(tmp_path, capsys):
+    from gandist.cli import main
+
+    out = tmp_path / "out"
+    assert main(["data", "shards", "digits", str(out), "--samples-per-shard", "1000", "--no-progress"]) == 0
+    assert f"data.urls: {out}/train-{{000000..000001}}.tar" in capsys.readouterr().out
+    assert main(["data", "verify", str(out)]) == 0
+    (out / "train-000001.tar").write_bytes(b"damaged")
+    capsys.readouterr()
+    assert main(["data", "verify", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "train-000001.tar: sha256" in captured.out and "1 shard(s) disagree" in captured.err
+    assert main(["data", "shards", str(tmp_path / "nope"), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gandist: error:") and "nope: not found" in err and len(err.splitlines()) == 1

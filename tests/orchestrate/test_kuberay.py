@@ -163,3 +163,38 @@ def test_schema_check_catches_a_misspelt_field():
     rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = 1
     with pytest.raises(Exception, match="imagePullPolicyy"):
         validate(rayjob)
+
+
+@needs_crds
+def test_submit_kuberay_cli_writes_a_valid_rayjob(tmp_path, capsys):
+    from gandist.cli import main
+
+    out = tmp_path / "job.yaml"
+    rc = main(["submit", "configs/demo_digits.yaml", "--set", "train.steps=300", "--kuberay", "--workers", "2",
+               "--gpus-per-worker", "4", "--image", "registry.example/gandist:1", "--node-selector", "pool=h100",
+               "--namespace", "ml", "--out", str(out)])
+    assert rc == 0
+    config_map, rayjob = list(yaml.safe_load_all(out.read_text()))
+    validate(config_map)
+    validate(rayjob)
+    assert yaml.safe_load(config_map["data"]["config.yaml"])["train"]["steps"] == 300
+    worker = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["containers"][0]["image"] == "registry.example/gandist:1"
+    assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert worker["nodeSelector"] == {"pool": "h100"} and rayjob["metadata"]["namespace"] == "ml"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "train.stepz=3"], "train.stepz: unknown key (did you mean steps?)"),
+    (["--gpus-per-worker", "0.5"], "Kubernetes schedules whole GPUs"),
+    (["--node-selector", "pool"], "expected KEY=VALUE"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_submit_kuberay_refuses_bad_input_with_one_line(args, message, tmp_path, capsys):
+    from gandist.cli import main
+
+    out = tmp_path / "job.yaml"
+    assert main(["submit", "configs/demo_digits.yaml", "--kuberay", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

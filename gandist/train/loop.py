@@ -367,6 +367,13 @@ class Trainer:
                     self.ckpt.evaluate()
                 if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.steps:
                     self.ckpt.save()
+        except KeyboardInterrupt:
+            # one process: keep the work done since the last checkpoint (ranks of a group may not all be
+            # interrupted, and a save is collective, so multi-rank runs resume from the last periodic checkpoint)
+            if s.world_size == 1 and self.step % cfg.checkpoint.every and sig is not None and sig.verdict != "diverged":
+                self.ckpt.save()
+                log.warning("interrupted: saved a checkpoint at step %d", self.step)
+            raise
         finally:
             if bar is not None:
                 bar.close()

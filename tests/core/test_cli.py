@@ -31,3 +31,29 @@ def test_misspelt_key_exit_2(tmp_path, cli):
 def test_generate_from_a_dir_without_checkpoints_is_a_clear_error(tmp_path, cli):
     proc = cli("generate", tmp_path, "--out", tmp_path / "x.png", check_rc=2)
     assert "not a gandist run dir" in proc.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, repo):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gandist.checkpoint import CheckpointStore
+
+    proc = subprocess.Popen([sys.executable, "-m", "gandist", "train", "configs/toy_ring8_tiny.yaml", "--set",
+                             "train.steps=100000", "--set", "checkpoint.every=1000", "--set", "telemetry.log_every=1",
+                             "--run-dir", str(tmp_path)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": repo})
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    steps = CheckpointStore(str(tmp_path / "checkpoints")).valid_steps()
+    assert len(steps) == 1 and 3 <= steps[0] < 1000
+    events = [json.loads(line) for line in open(tmp_path / "events.jsonl")]
+    assert events[-1]["event"] == "checkpoint" and events[-1]["step"] == steps[0]

@@ -130,3 +130,29 @@ def test_cli_writes_verifies_and_reports_bad_input_in_one_line(tmp_path, capsys)
     assert main(["data", "shards", str(tmp_path / "nope"), str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gandist: error:") and "nope: not found" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow  # a writer subprocess killed part way
+def test_killed_writer_leaves_only_whole_shards_and_a_rerun_finishes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    code = ("import sys; from gandist.data.shards import write_shards; "
+            "write_shards('digits', sys.argv[1], samples_per_shard=60, resolution=32, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)])
+    deadline = time.time() + 120
+    while len(list(out.glob("train-*.tar"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(out.glob("train-*.tar"))
+    assert 3 <= len(finished) < 30 and not (out / "manifest.json").exists()
+    for shard in finished:  # every shard under a real name is whole
+        with tarfile.open(shard) as tar:
+            assert len(tar.getnames()) == 3 * 60
+    report = write_shards("digits", str(out), samples_per_shard=60, resolution=32, progress=False)
+    assert report.skipped >= len(finished) and report.written + report.skipped == 30
+    assert verify_shards(str(out)) == [] and not list(out.glob(".*partial"))

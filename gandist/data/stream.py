@@ -407,3 +407,17 @@ class WebDatasetSource(DataSource):
     def loader(self, rank: int, world_size: int, global_batch: int, seed: int) -> StreamBatches:
         """This rank's iterator (starts its DataLoader workers on the first batch)."""
         return StreamBatches(self, rank, world_size, global_batch, seed)
+
+    def real_samples(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n samples for evaluation, gathered in batches of at most 256 (workers never decode n-image batches)."""
+        it = self.loader(0, 1, min(n, 256), seed)
+        xs, ys = [], []
+        try:
+            while sum(len(x) for x in xs) < n:
+                x, y = next(it)
+                xs.append(x)
+                ys.append(y)
+        finally:
+            it.close()
+        y = torch.cat(ys)[:n] if self.info.num_classes else None
+        return torch.cat(xs)[:n], y

@@ -159,3 +159,10 @@ def test_sample_without_the_configured_key_names_the_url(indexed_shards):
 def test_credentials_in_storage_options_are_rejected():
     with pytest.raises(ValueError, match="credentials do not belong in the config"):
         WebDatasetConfig(urls="s3://b/x.tar", storage_options={"client_kwargs": {"aws_secret_access_key": "s"}})
+
+
+def test_real_samples_gathers_n_distinct_images_in_small_batches(indexed_shards):
+    x, y = make_source(indexed_shards, workers=1).real_samples(270, seed=0)
+    assert x.shape == (270, 1, 8, 8) and y.shape == (270,)
+    got = indices_of(x)
+    assert len(set(got)) == 270 and all(label == i % 10 for label, i in zip(y.tolist(), got))

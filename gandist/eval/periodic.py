@@ -93,7 +93,7 @@ class Evaluator:
             n = self.ecfg.reference_num or self.num
             bs = self.ecfg.batch_size
             stats = fidlib.FeatureStats(net.feature_dim)
-            buffer = fidlib.FeatureBuffer(math.ceil(min(n, self.ecfg.max_buffer) / world)) if self._buffer_needed() else None
+            buffer = fidlib.FeatureBuffer(min(n, self.ecfg.max_buffer)) if self._buffer_needed() else None
             it = self.source.loader(0, 1, bs, _stream_seed(self.ecfg.seed, "eval-real"))
             try:
                 for j in range(math.ceil(n / bs)):
@@ -104,7 +104,7 @@ class Evaluator:
                     f, _ = net(x)
                     stats.update(f)
                     if buffer is not None:
-                        buffer.update(f)
+                        buffer.update(f, j * bs)
             finally:
                 it.close()
             stats.all_reduce(strategy)
@@ -140,11 +140,10 @@ class Evaluator:
         bs, n = self.ecfg.batch_size, self.num
         use_features = self._needs_features()
         net = self.feature_net(device) if use_features else None
-        cap = math.ceil(min(n, self.ecfg.max_buffer) / world)
         stats = fidlib.FeatureStats(net.feature_dim) if use_features else None
-        buffer = fidlib.FeatureBuffer(cap) if use_features and self._buffer_needed() else None
+        buffer = fidlib.FeatureBuffer(min(n, self.ecfg.max_buffer)) if use_features and self._buffer_needed() else None
         is_stats = fidlib.InceptionScoreStats(net.num_classes, self.ecfg.is_splits) if "is" in self.metrics else None
-        modes = fidlib.FeatureBuffer(math.ceil(n / world)) if "modes" in self.metrics else None
+        modes = fidlib.FeatureBuffer(n) if "modes" in self.metrics else None
         for j in range(math.ceil(n / bs)):
             if j % world != rank:
                 continue
@@ -153,11 +152,11 @@ class Evaluator:
                 f, logits = net(x)
                 stats.update(f)
                 if buffer is not None:
-                    buffer.update(f)
+                    buffer.update(f, j * bs)
                 if is_stats is not None:
                     is_stats.update(logits)
             if modes is not None:
-                modes.update(x if self.kind == "toy2d" else net.classify_channels(x).float())
+                modes.update(x if self.kind == "toy2d" else net.classify_channels(x).float(), j * bs)
         out: dict = {"num": n, "features": self.features if use_features else None}
         if modes is not None:
             out.update(self._mode_metrics(modes.gather(strategy)))

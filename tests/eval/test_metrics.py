@@ -165,8 +165,16 @@ def test_precision_recall_need_more_than_k_samples():
 
 
 def test_feature_buffer_keeps_only_its_capacity():
-    buf = FeatureBuffer(5)
+    buf = FeatureBuffer(5)  # keeps global indices 0..4
     buf.update(torch.arange(6.0).reshape(3, 2))
     buf.update(torch.arange(6.0, 12.0).reshape(3, 2))
     out = buf.gather(None)
     assert out.shape == (5, 2) and out[-1].tolist() == [8.0, 9.0]
+
+
+def test_feature_buffer_orders_by_global_index():
+    buf = FeatureBuffer(10)
+    buf.update(torch.tensor([[4.0], [5.0]]), start=4)
+    buf.update(torch.tensor([[0.0], [1.0]]), start=0)
+    buf.update(torch.tensor([[10.0]]), start=10)  # beyond the limit: dropped
+    assert buf.gather(None).flatten().tolist() == [0.0, 1.0, 4.0, 5.0]

@@ -256,7 +256,10 @@ def prometheus_rule() -> dict:
 
 
 def pod_monitor() -> dict:
-    """A PodMonitor scraping every Ray pod's named ports gandist-m0.. (one per local rank); undeclared ports are skipped."""
+    """A PodMonitor scraping gandist pods' named ports gandist-m0.. (one per local rank); undeclared ports are skipped.
+
+    The pods are the RayJob's (gandist/orchestrate/kuberay.py labels them app.kubernetes.io/name=gandist and names
+    one container port gandist-m<i> per local rank)."""
     endpoints = [
         {"port": f"gandist-m{i}", "path": "/metrics", "interval": "15s",
          "relabelings": [{"sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"], "targetLabel": "ray_cluster"}]}
@@ -265,7 +268,7 @@ def pod_monitor() -> dict:
     return {
         "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
         "metadata": {"name": "gandist", "labels": {"app.kubernetes.io/name": "gandist"}},
-        "spec": {"jobLabel": "app.kubernetes.io/name", "selector": {"matchLabels": {"ray.io/is-ray-node": "yes"}},
+        "spec": {"jobLabel": "app.kubernetes.io/name", "selector": {"matchLabels": {"app.kubernetes.io/name": "gandist"}},
                  "podMetricsEndpoints": endpoints},
     }
 

@@ -93,21 +93,21 @@ def test_penalties_see_packs_not_samples_under_pacgan():
     assert gp.loss(ctx).item() == pytest.approx(1.0, rel=1e-4)
 
 
-def test_r1_through_a_ddp_wrapped_critic(tmp_path):
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
+def test_r1_reaches_parameters_hidden_behind_a_parametrization():
+    # weight-normed critic: w = g v/||v||, so R1 = gamma/2 g^2, d/dg = gamma g and d/dv = 0 (the direction is free)
+    from torch.nn.utils.parametrizations import weight_norm
 
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    try:
-        w = unit_vector(16, 1.5)
-        D = DistributedDataParallel(LinearCritic(w))
-        (penalty,) = build_penalties([R1Config(weight=1.0)])
-        loss = penalty.loss(d_ctx(D))
-        loss.backward()
-        assert loss.item() == pytest.approx(0.5 * 1.5 ** 2, rel=1e-5)
-        assert torch.allclose(D.module.w.grad, w, atol=1e-5)
-    finally:
-        dist.destroy_process_group()
+    layer = weight_norm(nn.Linear(16, 1, bias=False), dim=None)
+    with torch.no_grad():
+        layer.parametrizations.weight.original0.fill_(1.5)  # g
+    D = lambda x, y: layer(x.flatten(1)).squeeze(1)  # noqa: E731
+    (penalty,) = build_penalties([R1Config(weight=2.0)])
+    loss = penalty.loss(d_ctx(D))
+    loss.backward()
+    assert loss.item() == pytest.approx(0.5 * 2.0 * 1.5 ** 2, rel=1e-5)
+    g, v = layer.parametrizations.weight.original0, layer.parametrizations.weight.original1
+    assert g.grad.item() == pytest.approx(2.0 * 1.5, rel=1e-5)
+    assert v.grad.abs().max().item() < 1e-5
 
 
 def test_weight_clip_bounds_every_parameter_and_adds_no_loss():

@@ -202,3 +202,15 @@ def test_publish_costs_microseconds(make_exporter):
     per_call = (time.perf_counter() - t0) / n
     # ~25 us measured on an idle core; 500 us leaves room for a loaded CI machine and is still < 1% of a 50 ms step
     assert per_call < 500e-6, f"publish took {per_call * 1e6:.0f} us"
+
+
+def test_a_stuck_scraper_blocks_neither_publish_nor_other_scrapes(make_exporter):
+    exporter = make_exporter(port=free_port())
+    with socket.create_connection(("127.0.0.1", exporter.port)) as stuck:  # connects, never sends a request
+        stuck.sendall(b"GET /metrics HTTP/1.1\r\n")  # half a request: its handler thread waits for the rest
+        t0 = time.perf_counter()
+        for step in range(100):
+            exporter.publish(signals(step=step))
+        assert time.perf_counter() - t0 < 1.0
+        text = urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=10).read().decode()
+        assert value(parse_exposition(text), "gandist_step") == 99

@@ -74,7 +74,8 @@ def _submit(args: argparse.Namespace) -> int:
                             "or --no-upload (the cluster image has gandist)")
     run_dir = args.run_dir or f"~/gandist-runs/{cfg.name}"
     job_id = jobs.submit(cfg, args.ray_address, run_dir=run_dir, workers=args.workers,
-                         gpus_per_worker=args.gpus_per_worker or 0.0, working_dir=working_dir and str(working_dir),
+                         gpus_per_worker=args.gpus_per_worker or 0.0,
+                         working_dir=str(working_dir) if working_dir else None,
                          pip=args.pip, force=args.force)
     print(f"submitted {job_id} (run dir {run_dir}); follow with: gandist jobs logs {job_id} "
           f"--ray-address {args.ray_address}", flush=True)

@@ -35,9 +35,10 @@ def test_runtime_env_carries_the_config_and_the_code():
 
 def test_submitted_demo_follows_to_succeeded_and_leaves_its_checkpoint(ray_cluster, tmp_path):
     run_dir = tmp_path / "demo"
+    # two Ray Train workers running DeepSpeed ZeRO-2 (on CPU: gloo + DS_ACCELERATOR=cpu), launched as a Ray job
     proc = gandist("submit", "configs/demo_digits.yaml", "--set", "train.steps=20", "--set", "checkpoint.every=10",
-                   "--set", "telemetry.sample_every=0", "--ray-address", ray_cluster["dashboard"], "--follow",
-                   "--timeout", "400", "--run-dir", str(run_dir))
+                   "--set", "telemetry.sample_every=0", "--set", "distributed.strategy=zero2", "--workers", "2",
+                   "--ray-address", ray_cluster["dashboard"], "--follow", "--timeout", "400", "--run-dir", str(run_dir))
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-2000:])
     job_id = proc.stdout.split("submitted ", 1)[1].split()[0]
     assert job_id.startswith("raysubmit_")
@@ -48,6 +49,8 @@ def test_submitted_demo_follows_to_succeeded_and_leaves_its_checkpoint(ray_clust
     assert manifest["step"] == 20
     end = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()][-1]
     assert end["event"] == "end" and end["steps"] == 20
+    start = json.loads((run_dir / "events.jsonl").read_text().splitlines()[0])
+    assert (start["world_size"], start["strategy"]) == (2, "zero2")
 
     status = gandist("jobs", "status", job_id, "--ray-address", ray_cluster["dashboard"], timeout=60)
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "SUCCEEDED"

@@ -166,3 +166,15 @@ def test_real_samples_gathers_n_distinct_images_in_small_batches(indexed_shards)
     assert x.shape == (270, 1, 8, 8) and y.shape == (270,)
     got = indices_of(x)
     assert len(set(got)) == 270 and all(label == i % 10 for label, i in zip(y.tolist(), got))
+
+
+def test_fewer_shards_than_streams_split_by_sample(indexed_shards):
+    # 3 shards (90 samples) for 2 ranks x 2 workers: every stream reads all three and keeps every 4th sample,
+    # so streams hold 23, 23, 22, 22 samples of the epoch.
+    source = make_source(indexed_shards, urls=f"{indexed_shards}/train-{{000000..000002}}.tar", workers=2)
+    seen = []
+    for rank, per_rank_batch in ((0, 23), (1, 22)):
+        it = source.loader(rank, 2, 2 * per_rank_batch, seed=1)
+        seen += [i for x, _ in take(it, 2) for i in indices_of(x)]
+        it.close()
+    assert sorted(seen) == list(range(90))

@@ -90,3 +90,37 @@ def test_skipped_samples_reach_the_metrics(moto_endpoint, s3_bucket, tmp_path, c
     err = capsys.readouterr().err
     assert "more than data.max_skip_fraction=0.01" in err and len(err.strip().splitlines()) == 1
     assert_no_credentials(run, err)
+
+
+def test_two_ddp_ranks_train_from_s3_and_checkpoint_their_own_positions(moto_endpoint, s3_bucket, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import torch
+
+    url = f"s3://{s3_bucket}/digits"
+    assert main(["data", "shards", "digits", url, "--samples-per-shard", "150", "--resolution", "16",
+                 "--endpoint-url", moto_endpoint, "--no-progress"]) == 0
+    config = write_config(tmp_path / "ddp.yaml", f"{url}/train-{{000000..000011}}.tar", moto_endpoint, steps=2,
+                          resampled=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", PYTHONPATH=str(repo))
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(port), "-m", "gandist", "train", str(config), "--run-dir", str(run),
+         "--set", "distributed.strategy=ddp"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    states = [torch.load(run / "checkpoints" / "step-00000002" / f"rank-{r:05d}.pt", weights_only=False)["data"]
+              for r in (0, 1)]
+    assert [s["rank"] for s in states] == [0, 1] and all(s["world_size"] == 2 for s in states)
+    # batch 16 over 2 ranks: each rank took 8 samples per step from its own stream (disjoint shard sets: see
+    # test_epoch_visits_every_sample_once_across_ranks_and_workers)
+    assert all(s["positions"][0]["chunk"] == 0 and s["positions"][0]["emitted"] == 16 for s in states)
+    assert_no_credentials(run, proc.stdout, proc.stderr)

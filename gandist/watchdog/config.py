@@ -43,6 +43,11 @@ class SpikeConfig(Section):
         default_factory=lambda: ["loss/*", "grad_norm/*"],
         description="Signal names (fnmatch patterns) watched: loss/<key>, grad_norm/<net>, gap, d_real, d_fake.",
     )
+    log_scale: list[str] = Field(
+        default_factory=lambda: ["grad_norm/*"],
+        description="Positive, heavy-tailed signals (fnmatch patterns) judged on log(x): a gradient norm that "
+        "doubles is as unusual at 0.1 as at 10.",
+    )
     k: float = Field(10.0, gt=0, description="A value is a spike when |x - median| > k * 1.4826 * MAD.")
     min_relative: float = Field(
         1.0, ge=0, description="...and when |x - median| > min_relative * |median| (ignores tiny-MAD jitter)."

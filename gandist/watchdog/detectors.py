@@ -87,6 +87,9 @@ class SpikeDetector:
     def _watched(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.cfg.signals)
 
+    def _log_scale(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.cfg.log_scale)
+
     def check(self, step: int, values: dict[str, float]) -> Finding | None:
         """Warn on a spike; `severity` after `patience` consecutive spikes of one signal."""
         worst: Finding | None = None
@@ -105,9 +108,14 @@ class SpikeDetector:
             return None
         arr = np.fromiter(hist, dtype=np.float64, count=len(hist))
         median = float(np.median(arr))
-        scale = MAD_TO_STD * float(np.median(np.abs(arr - median)))
-        deviation = abs(x - median)
-        spike = deviation > self.cfg.k * scale and deviation > self.cfg.min_relative * abs(median) and deviation > 0
+        if self._log_scale(name) and x > 0 and arr.min() > 0:
+            arr, value = np.log(arr), math.log(x)
+        else:
+            value = x
+        centre = float(np.median(arr))
+        scale = MAD_TO_STD * float(np.median(np.abs(arr - centre)))
+        deviation = abs(value - centre)
+        spike = deviation > self.cfg.k * scale and abs(x - median) > self.cfg.min_relative * abs(median) and deviation > 0
         if not spike:
             self._streak[name] = 0
             return None
@@ -118,7 +126,7 @@ class SpikeDetector:
         return Finding(
             verdict,
             f"{name} spiked to {x:.4g} vs running median {median:.4g} ({z:.1f} robust std) for {streak} step(s)",
-            {name: x, f"{name}:median": median, f"{name}:mad_std": scale, f"{name}:streak": float(streak)},
+            {name: x, f"{name}:median": median, f"{name}:robust_z": z, f"{name}:streak": float(streak)},
         )
 
     def reset(self) -> None:

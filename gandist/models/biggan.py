@@ -174,7 +174,7 @@ class Generator(nn.Module):
         cond = y if (self.num_classes and shared is None) else shared
         if self.deep:
             z_all = torch.cat([shared, z], 1) if shared is not None else z
-            h, conds = self.linear(z_all), [z_all if self.hier else shared] * len(self.blocks)
+            h, conds = self.linear(z_all), [z_all if self.hier else cond] * len(self.blocks)
         elif self.hier:
             chunks = torch.split(z, self.z_chunk, dim=1)
             h = self.linear(chunks[0])
@@ -282,8 +282,8 @@ def _class_count(cfg, info: DataInfo) -> int:
 def build(cfg, info: DataInfo, ctx: BuildContext) -> tuple[nn.Module, nn.Module]:
     """BigGAN or BigGAN-deep (G, D) for square images of 32-512 px."""
     num_classes = check_config(cfg, info)
-    if cfg.arch == "biggan" and cfg.hier and num_classes and cfg.shared_dim == 0:
-        raise ValueError("model.hier needs model.shared_dim > 0 for a conditional BigGAN")
+    if cfg.hier and num_classes and cfg.shared_dim == 0:
+        raise ValueError("model.hier needs model.shared_dim > 0 for a conditional BigGAN (or set model.hier: false)")
     G = Generator(cfg, info, num_classes, ctx)
     # PacGAN: D sees `pack` images stacked on channels and, like the other archs, no labels
     D = Discriminator(cfg, packed_info(info, ctx.pack), num_classes if ctx.pack == 1 else 0)

@@ -73,7 +73,7 @@ class BigGANConfig(_ArchBase):
 
     @model_validator(mode="after")
     def _hier_needs_shared(self) -> "BigGANConfig":
-        if self.arch == "biggan" and self.hier and self.conditional and self.shared_dim == 0:
+        if self.hier and self.conditional and self.shared_dim == 0:
             raise ValueError("hier: true with a conditional model needs shared_dim > 0 (e.g. 128), or set hier: false")
         return self
 

@@ -100,3 +100,14 @@ def test_packed_d_sees_stacked_channels_and_no_labels():
     G, D = biggan_build(cfg.model, DataInfo((1, 32, 32), 10), BuildContext(pack=2))
     assert D.blocks[0].conv1.weight.shape[1] == 2 and D.num_classes == 0
     assert D(torch.randn(3, 2, 32, 32)).shape == (3,)
+
+
+@pytest.mark.parametrize("arch", ["biggan", "biggan_deep"])
+def test_class_embedding_cbn_without_shared_embedding_conditions_on_labels(arch):
+    G, _ = build(TINY_BIGGAN + [f"model.arch={arch}", "model.shared_dim=0", "model.hier=false"], DataInfo((1, 32, 32), 10))
+    for m in G.modules():  # class gains start at zero; give them values so that classes differ
+        if isinstance(m, torch.nn.Embedding):
+            torch.nn.init.normal_(m.weight, 0, 0.5)
+    G.eval()
+    z = torch.randn(2, G.z_dim)
+    assert not torch.allclose(G(z, torch.tensor([0, 0])), G(z, torch.tensor([3, 3])))

@@ -11,8 +11,7 @@ from gandist.train.loop import run_training
 QUIET = ["telemetry.progress=false", "telemetry.sample_every=0", "telemetry.log_every=1", "checkpoint.every=100"]
 TOY = ["model.arch=mlp", "model.hidden=16", "model.depth=2", "data.kind=toy2d", "train.batch_size=32"] + QUIET
 DIGITS = ["model.arch=dcgan", "model.ch=8", "model.z_dim=16", "data.kind=digits", "data.resolution=8",
-          "model.spectral_norm=false",  # see docs/readme/objectives.md: SN D + several D forwards per backward
-          "train.batch_size=16"] + QUIET
+          "train.batch_size=16"] + QUIET  # spectral norm on (the default)
 
 
 def train(tmp_path, overrides, steps=3) -> dict:
@@ -25,8 +24,9 @@ def train(tmp_path, overrides, steps=3) -> dict:
     (TOY, "{kind: dragan, weight: 10.0}", ["augment.instance_noise.std=0.1"]),
     (TOY, "{kind: r1, weight: 1.0}", ["loss.kind=relativistic"]),
     (DIGITS, "{kind: bcr, weight: 10.0, augment: 'translation,cutout'}", ["augment.diffaugment=color"]),
+    (DIGITS, "{kind: r1, weight: 1.0}", ["augment.diffaugment=translation"]),
     (DIGITS, "{kind: ortho, weight: 1.0e-2}", []),
-], ids=["gp-wasserstein-pack2", "dragan-noise", "r1-ragan", "bcr-diffaugment", "ortho"])
+], ids=["gp-wasserstein-pack2", "dragan-noise", "r1-ragan", "bcr-diffaugment", "r1-sn-conditional-d", "ortho"])
 def test_each_penalty_enters_the_phase_loss_of_a_training_run(tmp_path, base, penalty, extra):
     summary = train(tmp_path, base + extra + [f"penalties=[{penalty}]"])
     name = penalty.split(",")[0].split(":")[1].strip()

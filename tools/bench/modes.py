@@ -1,0 +1,92 @@
+"""Mode-coverage benchmark: ring8, grid25 and stacked digits, with the stabilization preset on and off.
+
+    .venv/bin/python tools/bench/modes.py                      # all three, both settings
+    .venv/bin/python tools/bench/modes.py --only ring8 --steps 2000 --out bench_modes.json
+
+"on" trains the config as written (configs/<name>.yaml: R1 + PacGAN + EMA for the toys; hinge + SN + R1 + EMA for
+stacked digits). "off" is the plain GAN of the same nets: no penalties, no packing, no EMA, no spectral norm.
+Each run ends with a fresh evaluation of its final generator (eval.num samples) and prints a side-by-side table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+BENCHES = {
+    "ring8": {"config": "configs/ring8.yaml", "target": "8/8 modes, >= 95% high quality"},
+    "grid25": {"config": "configs/grid25.yaml", "target": "25/25 modes, >= 90% high quality"},
+    "stacked_digits": {"config": "configs/stacked_digits.yaml", "target": ">= 990/1000 modes"},
+}
+
+STABILIZATION_OFF = ["penalties=[]", "augment.pack=1", "train.ema.enabled=false", "model.spectral_norm=false"]
+
+
+def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None) -> dict:
+    """Train one benchmark config (stabilization on or off) and evaluate its final generator."""
+    from gandist.api import load_run
+    from gandist.config import load_config
+    from gandist.eval.periodic import Evaluator
+    from gandist.train.loop import run_training
+
+    overrides = ["telemetry.progress=false", "eval.every=0"] + ([] if stabilized else STABILIZATION_OFF)
+    if steps:
+        overrides.append(f"train.steps={steps}")
+    cfg = load_config(ROOT / BENCHES[name]["config"], overrides)
+    run_dir = out_dir / f"{name}-{'on' if stabilized else 'off'}"
+    if run_dir.exists():  # a fresh run every time: a leftover checkpoint would be resumed and time nothing
+        shutil.rmtree(run_dir)
+    start = time.time()
+    run_training(cfg, str(run_dir), force=True)
+    train_seconds = time.time() - start
+    run = load_run(str(run_dir))
+    G = run.G_ema if run.G_ema is not None else run.G
+    metrics = Evaluator(run.config, str(run_dir), metrics=["modes"]).evaluate(G)
+    return {"bench": name, "stabilization": "on" if stabilized else "off", "steps": run.step,
+            "train_seconds": round(train_seconds, 1), **metrics}
+
+
+def format_rows(rows: list[dict]) -> str:
+    """Side-by-side table of the results."""
+    head = f"{'bench':<15}{'stab.':<7}{'steps':>7}{'modes':>11}{'high q.':>9}{'rev. KL':>9}{'train s':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        hq = f"{r['high_quality']:.3f}" if "high_quality" in r else "-"
+        lines.append(f"{r['bench']:<15}{r['stabilization']:<7}{r['steps']:>7}{r['modes']:>6}/{r['modes_total']:<4}"
+                     f"{hq:>9}{r['reverse_kl']:>9.4f}{r['train_seconds']:>9.1f}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(BENCHES), action="append", help="run only these benchmarks")
+    parser.add_argument("--steps", type=int, default=None, help="override train.steps of every run")
+    parser.add_argument("--no-off", action="store_true", help="skip the stabilization-off runs")
+    parser.add_argument("--work-dir", default="runs/bench_modes", help="run directories go here")
+    parser.add_argument("--out", default=None, help="also write the results as JSON")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out_dir = Path(args.work_dir)
+    rows = []
+    for name in args.only or list(BENCHES):
+        for stabilized in (True,) if args.no_off else (True, False):
+            rows.append(run_one(name, stabilized, out_dir, args.steps))
+            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(format_rows(rows))
+    for name in dict.fromkeys(r["bench"] for r in rows):
+        print(f"target {name}: {BENCHES[name]['target']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

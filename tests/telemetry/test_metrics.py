@@ -214,3 +214,25 @@ def test_a_stuck_scraper_blocks_neither_publish_nor_other_scrapes(make_exporter)
         assert time.perf_counter() - t0 < 1.0
         text = urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=10).read().decode()
         assert value(parse_exposition(text), "gandist_step") == 99
+
+
+def test_gpu_memory_is_exported_once_cuda_is_in_use(make_exporter):
+    import pytest
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    exporter = make_exporter()
+    block = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")  # 64 MiB
+    s = scrape(exporter)
+    assert value(s, "gandist_gpu_memory_allocated_bytes", device=str(block.device.index)) >= 64 * 2**20
+    assert value(s, "gandist_gpu_memory_reserved_bytes", device=str(block.device.index)) >= 64 * 2**20
+
+
+def test_no_gpu_series_without_cuda_in_use(make_exporter):
+    import torch
+
+    exporter = make_exporter()
+    names = {name for name, _ in scrape(exporter)}
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        assert not [n for n in names if n.startswith("gandist_gpu_")]

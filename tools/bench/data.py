@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -136,10 +137,16 @@ def main() -> int:
             local = loader_rate(f"{tmp}/local/{pattern}", workers, args.batch, args.batches, {})
             remote = loader_rate(f"s3://bench/jpeg64/{pattern}", workers, args.batch, args.batches, s3)
             rows.append((workers, local, remote))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         proc.terminate()
         proc.wait(10)
-    consumption = demo_consumption(args.demo_steps, str(tmp / "demo-run"))
+    try:
+        consumption = demo_consumption(args.demo_steps, str(tmp / "demo-run"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\n{'workers':>7} {'local img/s':>12} {'s3 img/s':>10} {'s3/local':>9} {'local/mem':>10} "
           f"{'local/demo':>11} {'s3/demo':>8}")

@@ -7,7 +7,6 @@ and the fused modulated conv by a grouped conv (gandist/nn/modulated_conv.py).
 from __future__ import annotations
 
 import math
-import random
 
 import torch
 from torch import nn
@@ -150,18 +149,19 @@ class Generator(nn.Module):
         return self.map(z, self._onehot(y, z.shape[0]), truncation, update_w_avg=self.training)
 
     @staticmethod
-    def mix_styles(ws: torch.Tensor, ws2: torch.Tensor, cutoff: int) -> torch.Tensor:
-        """ws for layers [0, cutoff), ws2 from cutoff on (style mixing regularization)."""
-        ws = ws.clone()
-        ws[:, cutoff:] = ws2[:, cutoff:]
-        return ws
+    def mix_styles(ws: torch.Tensor, ws2: torch.Tensor, cutoff) -> torch.Tensor:
+        """ws for layers [0, cutoff), ws2 from cutoff on (style mixing regularization); cutoff int or 0-d tensor."""
+        layer = torch.arange(ws.shape[1], device=ws.device)
+        return torch.where((layer >= cutoff)[None, :, None], ws2, ws)  # a mask, not a slice: no graph break
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
         """Images [N, C, H, W] from z [N, z_dim]; in training, style mixing with probability style_mixing_prob."""
         ws = self.mapping(z, y, truncation)
-        if self.training and self.style_mixing_prob > 0 and random.random() < self.style_mixing_prob:
-            # the cutoff is drawn from python's RNG so every rank draws the same when seeded alike
-            cutoff = random.randrange(1, self.num_ws)
+        if self.training and self.style_mixing_prob > 0:
+            # as stylegan2-ada: cutoff in [1, num_ws), or num_ws (no mixing) with probability 1 - p; torch RNG
+            cutoff = torch.randint(1, self.num_ws, (), device=z.device)
+            mix = torch.rand((), device=z.device) < self.style_mixing_prob
+            cutoff = torch.where(mix, cutoff, torch.full_like(cutoff, self.num_ws))
             ws2 = self.map(torch.randn_like(z), self._onehot(y, z.shape[0]), truncation, update_w_avg=False)
             ws = self.mix_styles(ws, ws2, cutoff)
         return self.synthesis(ws)

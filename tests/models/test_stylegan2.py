@@ -1,6 +1,7 @@
 """StyleGAN2 behaviour: truncation toward w_avg, style mixing, noise modes, conditioning."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gandist.data.base import DataInfo
@@ -72,17 +73,29 @@ def test_style_mixing_changes_only_layers_from_the_cutoff(tiny_stylegan2):
     assert not torch.allclose(outputs[2][0], plain[2][0])
 
 
-def test_training_forward_mixes_styles_with_the_configured_probability():
-    G, _ = build(TINY_STYLEGAN2 + ["model.conditional=false", "model.style_mixing_prob=1.0"], DataInfo((1, 16, 16), 0))
-    calls = []
-    G.mix_styles = lambda ws, ws2, cutoff: calls.append(cutoff) or ws
+@pytest.mark.parametrize("prob,expect_mixed", [(1.0, 200), (0.0, 0), (0.5, (70, 130))])
+def test_training_forward_mixes_styles_with_the_configured_probability(prob, expect_mixed):
+    G, _ = build(TINY_STYLEGAN2 + ["model.conditional=false", f"model.style_mixing_prob={prob}"], DataInfo((1, 16, 16), 0))
+    cutoffs = []
+    mix = G.mix_styles
+    G.mix_styles = lambda ws, ws2, cutoff: cutoffs.append(int(cutoff)) or mix(ws, ws2, cutoff)
+    G.synthesis.forward = lambda ws, noise_mode=None: ws  # only the ws matter here
     G.train()
-    for _ in range(5):
+    torch.manual_seed(0)
+    for _ in range(200):
         G(torch.randn(2, G.z_dim))
-    assert len(calls) == 5 and all(1 <= c < G.num_ws for c in calls)
+    mixed = sum(1 for c in cutoffs if c < G.num_ws)
+    assert all(1 <= c <= G.num_ws for c in cutoffs)
+    if isinstance(expect_mixed, tuple):
+        assert expect_mixed[0] <= mixed <= expect_mixed[1]
+    else:
+        assert mixed == expect_mixed
+    if prob == 1.0:
+        assert len(set(cutoffs)) == G.num_ws - 1  # every cutoff 1..5 occurs
     G.eval()
+    n = len(cutoffs)
     G(torch.randn(2, G.z_dim))
-    assert len(calls) == 5  # never in eval mode
+    assert len(cutoffs) == n  # never in eval mode
 
 
 def test_eval_mode_uses_constant_noise_and_training_random_noise(tiny_stylegan2):

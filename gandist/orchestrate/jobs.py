@@ -84,9 +84,9 @@ def client(address: str):
 def submit(cfg: ExperimentConfig, address: str, *, run_dir: str, workers: int = 1, gpus_per_worker: float = 0,
            working_dir: str | None = None, pip: list[str] | None = None, force: bool = False) -> str:
     """Submit one training job; returns its submission id."""
-    if workers > 1 and cfg.distributed.strategy == "single":
-        raise UserError(f"--workers {workers} with distributed.strategy=single would train unsynced copies; "
-                        "add --set distributed.strategy=ddp")
+    from gandist.orchestrate.ray_train import check_worker_request
+
+    check_worker_request(cfg, workers, gpus_per_worker)  # refused here, not minutes later on the cluster
     runtime_env = build_runtime_env(cfg, working_dir=working_dir, pip=pip)
     jobs = client(address)
     return jobs.submit_job(entrypoint=entrypoint(run_dir, workers, gpus_per_worker, force), runtime_env=runtime_env,

@@ -117,6 +117,9 @@ def _prepare(cfg: ExperimentConfig, opts: KubeRayOptions) -> tuple[ExperimentCon
         raise ValueError(f"--workers must be at least 1, got {opts.workers}")
     if opts.gpus_per_worker < 0:
         raise ValueError(f"--gpus-per-worker must be >= 0, got {opts.gpus_per_worker}")
+    if opts.workers * max(1, opts.gpus_per_worker) > 1 and cfg.distributed.strategy == "single":
+        raise ValueError(f"{opts.workers} pod(s) x {opts.gpus_per_worker} GPU(s) with distributed.strategy=single "
+                         "would train unsynced copies; add --set distributed.strategy=ddp (or zero1/zero2/zero3)")
     name = k8s_name(opts.name or (cfg.name if cfg.name.startswith("gandist") else f"gandist-{cfg.name}"))
     cfg = cfg.model_copy(deep=True)
     if cfg.telemetry.port == 0:  # a cluster run is scraped: switch the exporter on at a fixed, annotated port
@@ -182,8 +185,11 @@ def render_config_map(cfg: ExperimentConfig, opts: KubeRayOptions) -> dict:
 def render_rayjob(cfg: ExperimentConfig, opts: KubeRayOptions) -> list[dict]:
     """[ConfigMap, RayJob] for one experiment; `kubectl apply -f` on their YAML starts it."""
     prepared, name, run_dir, labels = _prepare(cfg, opts)
-    entrypoint = (f"gandist train {CONFIG_MOUNT}/config.yaml --ray --workers {opts.workers} "
-                  f"--gpus-per-worker {opts.gpus_per_worker} --run-dir {run_dir}")
+    # gandist runs one process per GPU: N pods x G GPUs become N*G Ray Train workers with one GPU each
+    gpus = opts.gpus_per_worker
+    ray_workers, per_worker = (opts.workers * gpus, 1) if gpus else (opts.workers, 0)
+    entrypoint = (f"gandist train {CONFIG_MOUNT}/config.yaml --ray --workers {ray_workers} "
+                  f"--gpus-per-worker {per_worker} --run-dir {run_dir}")
     spec: dict = {
         "entrypoint": entrypoint,
         "shutdownAfterJobFinishes": True,

@@ -58,6 +58,20 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                         f"`ray start --head --port {port}` or fix the address") from None
 
 
+def check_worker_request(cfg: ExperimentConfig, workers: int, gpus_per_worker: float) -> None:
+    """Refuse worker requests gandist cannot use well, before anything starts."""
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if not 0 <= gpus_per_worker <= 1:
+        # the loop drives one GPU per process (cuda:LOCAL_RANK); a second GPU per worker would sit idle
+        raise UserError(f"--gpus-per-worker {gpus_per_worker}: gandist runs one process per GPU; for "
+                        f"{workers} x {gpus_per_worker:g} GPUs give --workers {int(workers * gpus_per_worker)} "
+                        "--gpus-per-worker 1 (fractions below 1 share a GPU)")
+    if workers > 1 and cfg.distributed.strategy == "single":
+        raise UserError(f"--workers {workers} with distributed.strategy=single would train {workers} unsynced "
+                        "copies; set --set distributed.strategy=ddp (or zero1/zero2/zero3)")
+
+
 class RayReporter:
     """The loop's reporter inside a Ray Train worker: every rank reports each checkpoint, rank 0 attaches it."""
 
@@ -129,13 +143,7 @@ def wait_for_placement(workers: int, resources: dict, timeout_s: float) -> None:
 def train_with_ray(cfg: ExperimentConfig, run_dir: str, *, address: str | None, workers: int,
                    gpus_per_worker: float, force: bool, pending_timeout_s: float | None = None) -> int:
     """Train `cfg` with `workers` Ray Train workers; returns the exit code (0: finished)."""
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
-    if gpus_per_worker < 0:
-        raise UserError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    if workers > 1 and cfg.distributed.strategy == "single":
-        raise UserError(f"--workers {workers} with distributed.strategy=single would train {workers} unsynced "
-                        "copies; set --set distributed.strategy=ddp (or zero1/zero2/zero3)")
+    check_worker_request(cfg, workers, gpus_per_worker)
     if address:
         check_reachable(address)
     if pending_timeout_s is None:

@@ -104,7 +104,7 @@ def _options(**kw) -> KubeRayOptions:
 @needs_crds
 @pytest.mark.parametrize("workers,gpus", [(1, 0), (2, 1), (4, 8)])
 def test_rendered_rayjob_validates_and_asks_for_the_gpus(workers, gpus):
-    cfg = ExperimentConfig(name="BigGAN 128!")
+    cfg = load_config(None, ["name=BigGAN 128!", "distributed.strategy=ddp"])
     config_map, rayjob = render_rayjob(cfg, _options(workers=workers, gpus_per_worker=gpus, namespace="ml",
                                                      node_selector={"pool": "a100"} if gpus else {}))
     validate(config_map)
@@ -123,7 +123,9 @@ def test_rendered_rayjob_validates_and_asks_for_the_gpus(workers, gpus):
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     else:
         assert "tolerations" not in pod
-    assert f"--workers {workers} --gpus-per-worker {gpus}" in spec["entrypoint"]
+    # one Ray Train worker (process) per GPU
+    assert (f"--workers {workers * gpus} --gpus-per-worker 1" if gpus else f"--workers {workers} --gpus-per-worker 0") \
+        in spec["entrypoint"]
     ports = [p["containerPort"] for p in pod["containers"][0]["ports"] if p["name"].startswith("gandist-m")]
     assert ports == [9100 + i for i in range(max(1, gpus))]
     assert group["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9100"
@@ -131,7 +133,7 @@ def test_rendered_rayjob_validates_and_asks_for_the_gpus(workers, gpus):
 
 
 def test_rendered_pods_run_as_non_root_with_credentials_only_from_a_secret():
-    cfg = load_config(None, ["checkpoint.url=s3://bucket/ckpt"])
+    cfg = load_config(None, ["checkpoint.url=s3://bucket/ckpt", "distributed.strategy=ddp"])
     _, rayjob = render_rayjob(cfg, _options(workers=2, s3_secret="my-s3"))
     for template in pod_templates(rayjob):
         spec = template["spec"]
@@ -146,7 +148,7 @@ def test_rendered_pods_run_as_non_root_with_credentials_only_from_a_secret():
 
 @needs_crds
 def test_rendered_raycluster_validates_and_autoscales_from_zero():
-    cluster = render_raycluster(ExperimentConfig(), _options(workers=3))
+    cluster = render_raycluster(load_config(None, ["distributed.strategy=ddp"]), _options(workers=3))
     validate(cluster)
     group = cluster["spec"]["workerGroupSpecs"][0]
     assert cluster["spec"]["enableInTreeAutoscaling"] is True
@@ -170,7 +172,8 @@ def test_submit_kuberay_cli_writes_a_valid_rayjob(tmp_path, capsys):
     from gandist.cli import main
 
     out = tmp_path / "job.yaml"
-    rc = main(["submit", "configs/demo_digits.yaml", "--set", "train.steps=300", "--kuberay", "--workers", "2",
+    rc = main(["submit", "configs/demo_digits.yaml", "--set", "train.steps=300", "--set", "distributed.strategy=ddp",
+               "--kuberay", "--workers", "2",
                "--gpus-per-worker", "4", "--image", "registry.example/gandist:1", "--node-selector", "pool=h100",
                "--namespace", "ml", "--out", str(out)])
     assert rc == 0
@@ -182,6 +185,7 @@ def test_submit_kuberay_cli_writes_a_valid_rayjob(tmp_path, capsys):
     assert worker["containers"][0]["image"] == "registry.example/gandist:1"
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert worker["nodeSelector"] == {"pool": "h100"} and rayjob["metadata"]["namespace"] == "ml"
+    assert "--workers 8 --gpus-per-worker 1" in rayjob["spec"]["entrypoint"]  # 2 pods x 4 GPUs
 
 
 @pytest.mark.parametrize("args,message", [
@@ -189,6 +193,7 @@ def test_submit_kuberay_cli_writes_a_valid_rayjob(tmp_path, capsys):
     (["--gpus-per-worker", "0.5"], "Kubernetes schedules whole GPUs"),
     (["--node-selector", "pool"], "expected KEY=VALUE"),
     (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "2"], "distributed.strategy=single would train unsynced copies"),
 ])
 def test_submit_kuberay_refuses_bad_input_with_one_line(args, message, tmp_path, capsys):
     from gandist.cli import main

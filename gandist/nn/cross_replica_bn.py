@@ -10,6 +10,7 @@ strategy's gradient all-reduce sums them like any other parameter's.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -99,6 +100,15 @@ class CrossReplicaBatchNorm(nn.modules.batchnorm._BatchNorm):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
                          track_running_stats=track_running_stats)
         self.process_group = process_group
+
+    def __deepcopy__(self, memo: dict) -> "CrossReplicaBatchNorm":
+        """A copy sharing the process group (groups cannot be copied; EMA copies of G deep-copy their layers)."""
+        if self.process_group is not None:
+            memo[id(self.process_group)] = self.process_group
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:

@@ -246,21 +246,21 @@ class ZeroStrategy(DistributedBase, Strategy):
 
     def _ensure_adam_state(self, name: str, step: float) -> None:
         """Create (zero) Adam state on the flat partitions so that by-name moments can be written into it."""
-        inner = self._inner_optimizer(name)
-        for group in inner.param_groups:
-            for flat in group["params"]:
-                st = inner.state[flat]
-                if "exp_avg" not in st:
-                    st.update(exp_avg=torch.zeros_like(flat), exp_avg_sq=torch.zeros_like(flat))
-                st["step"] = torch.tensor(float(step))
+        zero_optimizer, inner = self.engines[name].optimizer, self._inner_optimizer(name)
+        flats = getattr(zero_optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO-3
+        if flats is None:  # ZeRO-1/2
+            flats = zero_optimizer.single_partition_of_fp32_groups
+        for flat in flats:
+            st = inner.state[flat]
+            if "exp_avg" not in st:
+                st.update(exp_avg=torch.zeros_like(flat), exp_avg_sq=torch.zeros_like(flat))
+            st["step"] = torch.tensor(float(step))
         link = getattr(self.engines[name].optimizer, "_lazy_init_hp_params_optimizer_state", None)
         if link is not None:
             link()
 
     def load_state_dict(self, shared: dict, per_rank: dict | None) -> None:
         """Load weights and by-name Adam state written by any strategy (single, ddp, zero*) at any world size."""
-        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
         for n in NETS:
             self._set_trainable(n, True)
             module, weights = self.module(n), shared[n]
@@ -274,7 +274,7 @@ class ZeroStrategy(DistributedBase, Strategy):
                     buffers[key].data.copy_(weights[key])
                     continue
                 p, value = params[key], weights[key].to(self.device).float()
-                safe_set_full_fp32_param(p, value)
+                self._set_full(p, value)
                 if self.stage < 3:
                     p.data.copy_(value.to(p.dtype))  # ZeRO-1/2 keep a full low-precision copy on every rank
                 if moments:
@@ -282,10 +282,26 @@ class ZeroStrategy(DistributedBase, Strategy):
                         raise UserError(f"optimizer state of {n} has no entry for parameter {key!r}: "
                                        "checkpoint of a different model?")
                     for k in ("exp_avg", "exp_avg_sq"):
-                        safe_set_full_optimizer_state(p, moments[key][k].to(self.device).float(), k)
+                        self._set_full(p, moments[key][k].to(self.device).float(), k)
             if self.stage == 3:
                 self._load_partitioned_weights(module, weights)
             self.set_lr_scale(n, shared.get("lr_scale", {}).get(n, 1.0))
+
+    def _set_full(self, p: nn.Parameter, value: torch.Tensor, key: str | None = None) -> None:
+        """Write a full fp32 tensor (weight, or Adam state `key`) into this rank's partition of p."""
+        from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state,
+                                     safe_set_local_fp32_param, safe_set_local_optimizer_state)
+
+        if self.stage < 3:
+            safe_set_full_fp32_param(p, value) if key is None else safe_set_full_optimizer_state(p, value, key)
+            return
+        # ZeRO-3 pads each parameter to world x partition size; DeepSpeed's full setter forgets the padding
+        # (a 1-element bias fails on rank 1), so slice this rank's partition out of the padded tensor here.
+        size = p.ds_tensor.numel()
+        padded = torch.zeros(size * self.world_size, dtype=torch.float32, device=value.device)
+        padded[:value.numel()] = value.reshape(-1)
+        local = padded[self.rank * size:(self.rank + 1) * size]
+        safe_set_local_fp32_param(p, local) if key is None else safe_set_local_optimizer_state(p, local, key)
 
     def _load_partitioned_weights(self, module: nn.Module, weights: dict) -> None:
         """ZeRO-3: write the full weights into the gathered params; leaving the context re-partitions them."""

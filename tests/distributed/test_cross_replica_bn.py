@@ -85,3 +85,23 @@ def test_batch_norm_factory_returns_plain_bn_without_group():
     assert type(batch_norm(8)) is nn.BatchNorm2d
     assert type(batch_norm(8, dims=1)) is nn.BatchNorm1d
     assert isinstance(batch_norm(8, process_group=object()), CrossReplicaBatchNorm)
+
+
+def _deepcopy_worker(rank, world):
+    import copy
+
+    import torch.distributed as dist
+
+    from gandist.nn.cross_replica_bn import CrossReplicaBatchNorm
+
+    dist.init_process_group("gloo")
+    bn = CrossReplicaBatchNorm(3, dist.group.WORLD)
+    twin = copy.deepcopy(nn.Sequential(bn))[0]  # what the EMA copy of G does
+    assert twin.process_group is bn.process_group and twin.weight is not bn.weight
+    twin(torch.randn(2 + rank, 3))  # still reduces over the shared group
+    assert int(twin.num_batches_tracked) == 1 and int(bn.num_batches_tracked) == 0
+    dist.destroy_process_group()
+
+
+def test_cross_replica_bn_deep_copies_sharing_its_group():
+    spawn(_deepcopy_worker, 2)

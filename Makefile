@@ -18,8 +18,9 @@ install: $(BIN)/gandist
 demo: install
 	$(BIN)/gandist train configs/demo_digits.yaml --run-dir runs/demo --force
 
+# Two workers (the machine has two cores); tests that start a Ray cluster share one worker (xdist group "ray").
 test: install
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra -n 2 --dist loadgroup tests
 
 bench: install
 	for b in tools/bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -169,6 +169,8 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
         """Images [N, C, H, W] in [-1, 1] from z [N, z_dim] and class labels y [N]."""
+        if self.num_classes and y is None:
+            raise ValueError("this BigGAN G is class-conditional: pass labels y (or build it with model.conditional: false)")
         z = truncate_z(z, truncation)
         shared = self.shared(y) if self.shared is not None else None
         cond = y if (self.num_classes and shared is None) else shared

@@ -111,3 +111,32 @@ def test_class_embedding_cbn_without_shared_embedding_conditions_on_labels(arch)
     G.eval()
     z = torch.randn(2, G.z_dim)
     assert not torch.allclose(G(z, torch.tensor([0, 0])), G(z, torch.tensor([3, 3])))
+
+
+def test_conditional_g_without_labels_says_what_to_pass():
+    G, _ = build(TINY_BIGGAN, DataInfo((1, 32, 32), 10))
+    with pytest.raises(ValueError, match="class-conditional: pass labels y"):
+        G(torch.randn(2, G.z_dim))
+
+
+def test_cross_replica_bn_plugs_in_through_the_build_context():
+    import torch.distributed as dist
+
+    from gandist.config import load_config
+    from gandist.nn.cross_replica_bn import CrossReplicaBatchNorm
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        cfg = load_config(None, TINY_BIGGAN).model
+        torch.manual_seed(0)
+        G_plain, _ = biggan_build(cfg, DataInfo((1, 32, 32), 10), BuildContext())
+        G_xr, _ = biggan_build(cfg, DataInfo((1, 32, 32), 10), BuildContext(bn_process_group=dist.group.WORLD))
+        n_xr = sum(isinstance(m, CrossReplicaBatchNorm) for m in G_xr.modules())
+        n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in G_plain.modules())
+        assert n_xr == n_bn == 7  # 3 blocks x 2 CBNs + the output BN
+        G_xr.load_state_dict(G_plain.state_dict())
+        z, y = torch.randn(4, G_plain.z_dim), torch.arange(4)
+        # one rank: cross-replica statistics are the local ones, so the outputs agree
+        assert torch.allclose(G_plain(z, y), G_xr(z, y), atol=1e-5)
+    finally:
+        dist.destroy_process_group()

@@ -1,6 +1,6 @@
 """Forward+backward seconds per image of BigGAN and StyleGAN2 G and D, with channels_last and torch.compile on/off.
 
-    python tools/bench/models.py                      # CPU, reduced widths, 64 and 128 px (a few minutes)
+    python tools/bench/models.py                      # CPU, reduced widths, 64 and 128 px; compile at 64 only
     python tools/bench/models.py --res 64 --no-compile
     python tools/bench/models.py --train-step --device cuda --amp bf16   # GPU: img/s of a full training step of
                                                                         # BigGAN-128 and StyleGAN2-256 (published widths)
@@ -72,7 +72,7 @@ def bench_nets(family: str, res: int, args) -> dict:
     """Seconds per image of G and D forward+backward for each (channels_last, compile) variant."""
     out = {}
     for channels_last, compiled in VARIANTS:
-        if compiled and not args.compile:
+        if compiled and not (args.compile and res in args.compile_res):
             continue
         torch.manual_seed(0)
         G, D, classes = build_pair(family, res, args.full, args.device)
@@ -137,12 +137,15 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--full", action="store_true", help="published widths (biggan_128 / stylegan2_256 configs)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile columns")
+    p.add_argument("--compile-res", type=int, nargs="+", default=[64],
+                   help="resolutions that get the torch.compile columns (compiling costs minutes on a CPU; default 64)")
     p.add_argument("--train-step", action="store_true",
                    help="img/s of a full training step of BigGAN-128 and StyleGAN2-256 instead")
     p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast dtype of --train-step")
     p.add_argument("--channels-last", action="store_true", help="channels_last in --train-step")
     args = p.parse_args(argv)
-    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}")
+    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}",
+          flush=True)
 
     if args.train_step:
         print(f"{'net':<16} {'G params':>12} {'D params':>12} {'img/s':>10}   (amp {args.amp}, compile {args.compile})")
@@ -160,7 +163,8 @@ def main(argv=None) -> int:
             results = bench_nets(family, res, args)
             for k, net in enumerate(("G", "D")):
                 base = results[(False, False)][k]
-                cells = [f"{results[c][k] * 1e3:8.2f} ({results[c][k] / base:4.2f}x)" for c in cols]
+                cells = [f"{results[c][k] * 1e3:8.2f} ({results[c][k] / base:4.2f}x)" if c in results else "-"
+                         for c in cols]
                 print(f"{family:<10} {res:>4} {net:>3} " + " ".join(f"{c:>16}" for c in cells), flush=True)
     return 0
 

@@ -246,16 +246,15 @@ class Discriminator(nn.Module):
 def _init_weights(module: nn.Module, ortho: bool) -> None:
     """BigGAN-PyTorch's init: orthogonal (or N(0, 0.02)) for every conv, linear and embedding weight."""
     for m in module.modules():
-        if isinstance(m, ConditionalBatchNorm2d) and isinstance(m.gain, nn.Embedding):
-            continue
         for child in m.children():
-            if isinstance(child, (nn.Conv2d, nn.Linear, nn.Embedding)) and not child.weight.is_meta:
-                if isinstance(m, ConditionalBatchNorm2d):
-                    continue  # class-embedding gains start at zero: CBN begins as plain BN
-                if ortho:
-                    nn.init.orthogonal_(child.weight)
-                else:
-                    nn.init.normal_(child.weight, 0.0, 0.02)
+            if not isinstance(child, (nn.Conv2d, nn.Linear, nn.Embedding)) or child.weight.is_meta:
+                continue
+            if isinstance(m, ConditionalBatchNorm2d) and isinstance(child, nn.Embedding):
+                continue  # per-class gains/biases start at zero: a fresh CBN is plain BN
+            if ortho:
+                nn.init.orthogonal_(child.weight)
+            else:
+                nn.init.normal_(child.weight, 0.0, 0.02)
 
 
 def check_config(cfg, info: DataInfo) -> int:

@@ -140,3 +140,11 @@ def test_cross_replica_bn_plugs_in_through_the_build_context():
         assert torch.allclose(G_plain(z, y), G_xr(z, y), atol=1e-5)
     finally:
         dist.destroy_process_group()
+
+
+def test_cbn_gain_projections_are_orthogonally_initialised_and_class_gains_start_at_zero():
+    G, _ = build(TINY_BIGGAN, DataInfo((1, 32, 32), 10))
+    w = G.blocks[0].bn1.gain.weight  # [features, cond_dim] with features > cond_dim: orthonormal columns
+    assert torch.allclose(w.t() @ w, torch.eye(w.shape[1]), atol=1e-5)
+    G2, _ = build(TINY_BIGGAN + ["model.shared_dim=0", "model.hier=false"], DataInfo((1, 32, 32), 10))
+    assert G2.blocks[0].bn1.gain.weight.abs().sum() == 0

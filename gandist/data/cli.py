@@ -64,6 +64,7 @@ def _verify(args: argparse.Namespace) -> int:
     if problems:
         from gandist.errors import UserError
 
-        raise UserError(f"{args.url}: {len(problems)} shard(s) disagree with manifest.json; rerun `gandist data shards`")
+        raise UserError(f"{args.url}: {len(problems)} shard(s) disagree with manifest.json; "
+                        "rerun `gandist data shards`")
     print(f"{args.url}: every shard matches manifest.json")
     return 0

@@ -1,4 +1,4 @@
-"""Write WebDataset tar shards (+ manifest.json) from an image folder, scikit-learn's digits or an .npz, to any fsspec URL.
+"""Write WebDataset tar shards + manifest.json from an image folder, scikit-learn's digits or an .npz to any fsspec URL.
 
 A shard is built in memory with a fixed mtime, so the same input gives the same bytes and the same sha256: a rerun
 after an interruption recognises finished shards by checksum and skips them. Each shard is written to a temporary
@@ -272,7 +272,8 @@ def read_manifest(fs, directory: str) -> dict | None:
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: manifest is not valid JSON ({err}); rewrite it with `gandist data shards`") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise UserError(f"{path}: not a gandist shard manifest (no 'shards' list); rewrite it with `gandist data shards`")
+        raise UserError(f"{path}: not a gandist shard manifest (no 'shards' list); "
+                        "rewrite it with `gandist data shards`")
     return manifest
 
 

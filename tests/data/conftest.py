@@ -101,7 +101,8 @@ class FaultProxy:
                 return self.rfile.read(length) if length else None
 
             def _forward(self):
-                if self.command == "GET" and proxy.match and proxy.match in self.path and proxy.failed < proxy.fail_gets:
+                failing = proxy.match and proxy.match in self.path and proxy.failed < proxy.fail_gets
+                if self.command == "GET" and failing:
                     proxy.failed += 1
                     body = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
                     self.send_response(503)

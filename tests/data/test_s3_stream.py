@@ -83,5 +83,6 @@ def test_missing_and_corrupt_s3_shards_are_skipped_and_counted(moto_endpoint, s3
 
 
 def test_s3_pattern_matching_nothing_names_the_url(moto_endpoint, s3_bucket):
-    with pytest.raises(UserError, match=rf"matches no existing shard \(first: s3://{s3_bucket}/none/train-000000.tar\)"):
+    first = f"s3://{s3_bucket}/none/train-000000.tar"
+    with pytest.raises(UserError, match=rf"matches no existing shard \(first: {first}\)"):
         make(f"s3://{s3_bucket}/none", moto_endpoint)

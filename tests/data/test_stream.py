@@ -131,7 +131,8 @@ def test_skips_beyond_the_budget_stop_with_a_clear_error(indexed_shards):
     for name in ("train-000001.tar", "train-000006.tar"):
         (indexed_shards / name).unlink()
     it = make_source(indexed_shards, max_skip_fraction=0.1, workers=2).loader(0, 1, 10, seed=0)
-    with pytest.raises(DataStreamError, match=r"(30|60) of \d+ samples skipped \(\d+\.\d%\), more than data.max_skip_fraction=0.1"):
+    message = r"(30|60) of \d+ samples skipped \(\d+\.\d%\), more than data.max_skip_fraction=0.1"
+    with pytest.raises(DataStreamError, match=message):
         take(it, 30)
 
 
@@ -141,7 +142,8 @@ def test_pattern_matching_nothing_names_the_url(tmp_path):
 
 
 def test_pattern_beyond_the_manifest_is_a_disagreement(indexed_shards):
-    with pytest.raises(UserError, match=r"train-000010.tar: not in .*manifest.json \(2 such shard\(s\)\); the manifest disagrees"):
+    message = r"train-000010.tar: not in .*manifest.json \(2 such shard\(s\)\); the manifest disagrees"
+    with pytest.raises(UserError, match=message):
         make_source(indexed_shards, urls=f"{indexed_shards}/train-{{000000..000011}}.tar")
 
 

@@ -1,7 +1,7 @@
 """Images per second delivered by the WebDataset loader: 64 px JPEG shards, 0/1/2 workers, local disk vs S3 (a local
 moto server) vs an in-memory tensor baseline, and the demo model's consumption rate, printed as ratios in one run.
 
-    .venv/bin/python tools/bench/data.py [--images 2048] [--batches 24] [--batch 64] [--demo-steps 30]
+    .venv/bin/python tools/bench/data.py [--images 2048] [--batches 40] [--batch 64] [--demo-steps 30]
 
 Targets (issue 5): S3 streaming >= 0.7x local; the loader >= 3x what the demo model consumes.
 Each loader cell: a fresh loader, 2 untimed warm-up batches (worker start-up, first shard opens), then --batches
@@ -66,7 +66,7 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
 def loader_rate(urls: str, workers: int, batch: int, batches: int, storage_options: dict) -> float:
     """img/s delivered by a WebDatasetSource loader (after 2 warm-up batches)."""
-    cfg = WebDatasetConfig(urls=urls, resolution=64, channels=3, num_classes=0, workers=workers, prefetch=4,
+    cfg = WebDatasetConfig(urls=urls, resolution=64, channels=3, num_classes=0, workers=workers, prefetch=2,
                            shuffle_buffer=256, resampled=True, storage_options=storage_options)
     it = WebDatasetSource(cfg).loader(0, 1, batch, seed=0)
     try:
@@ -109,7 +109,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2048, help="64 px JPEG images written (8 shards)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=24, help="timed batches per loader cell")
+    parser.add_argument("--batches", type=int, default=40, help="timed batches per cell (>> prefetched ones)")
     parser.add_argument("--demo-steps", type=int, default=30, help="steps of the demo run that measures consumption")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -129,7 +129,8 @@ def main() -> int:
                               storage_options=s3, progress=False)
         pattern = report.pattern.rsplit("/", 1)[1]
         shard_kb = (tmp / "local" / "train-000000.tar").stat().st_size / 1024
-        print(f"{args.images} JPEG images, 64 px, {per_shard} per shard ({shard_kb:.0f} KiB/shard); batch {args.batch}; "
+        print(f"{args.images} JPEG images, 64 px, {per_shard} per shard ({shard_kb:.0f} KiB/shard); "
+              f"batch {args.batch}; "
               f"{os.cpu_count()} CPU cores")
         baseline = memory_rate(images, args.batch, args.batches * 4)
         rows = []

@@ -115,7 +115,8 @@ def _train_worker(config: dict) -> None:
     from gandist.train.loop import run_training
 
     cfg = config_from_dict(config["cfg"], "ray train config")
-    # after a restart Ray hands back the last reported checkpoint: never wipe the run then, resume it
+    # --force (accept a changed config in an existing run dir) applies to the first attempt; after a restart Ray
+    # hands back the last reported checkpoint, the run dir already holds this config, and the loop resumes it
     force = config["force"] and ray.train.get_checkpoint() is None
     run_training(cfg, config["run_dir"], force=force, reporter=RayReporter(config["experiment_dir"]))
 

@@ -1,12 +1,15 @@
-"""`gandist train --ray` on a real local Ray cluster: 2 workers finish, survive a SIGKILLed worker by resuming
-from gandist's last checkpoint, and bad requests fail fast with a clear message."""
+"""`gandist train --ray` on a real local Ray cluster: 2 workers survive a SIGKILLed worker (Ray restarts the group,
+gandist resumes from its last checkpoint) and a killed driver (the same command resumes the run), finishing at the
+configured step; bad requests fail fast with a clear message."""
 from __future__ import annotations
 
 import json
 import os
 import signal
-import threading
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -24,7 +27,21 @@ TINY = ["configs/toy_ring8_tiny.yaml", "--set", "train.steps=80", "--set", "trai
 
 def _events(run_dir) -> list[dict]:
     path = run_dir / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    events = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            events.append(json.loads(line))
+        except ValueError:  # a line being written right now
+            pass
+    return events
+
+
+def _starts(run_dir) -> list[dict]:
+    return [e for e in _events(run_dir) if e["event"] == "start"]
+
+
+def _checkpoints(run_dir) -> list[int]:
+    return [e["step"] for e in _events(run_dir) if e["event"] == "checkpoint"]
 
 
 def _metric_steps(run_dir) -> list[int]:
@@ -49,43 +66,58 @@ def _train_workers(head_pid: int) -> list[psutil.Process]:
     return found
 
 
-def test_two_workers_survive_a_sigkilled_worker_and_redo_at_most_one_interval(ray_cluster, tmp_path):
+def _wait_for(condition, process, what: str, timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_run_survives_a_killed_worker_then_a_killed_driver_redoing_at_most_one_interval(ray_cluster, tmp_path):
     run_dir = tmp_path / "run"
-    killed: list[int] = []
-    reached: list[int] = []
+    args = ["train", *TINY, "--run-dir", str(run_dir), "--ray", "--address", ray_cluster["address"], "--workers", "2"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_USAGE_STATS_ENABLED": "0"}
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen([str(Path(sys.executable).parent / "gandist"), *args], env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        # 1. SIGKILL one Ray Train worker once checkpoint 20 exists: Ray restarts the group (FailureConfig)
+        _wait_for(lambda: _checkpoints(run_dir) and _checkpoints(run_dir)[-1] >= 20
+                  and len(_train_workers(ray_cluster["pid"])) == 2, driver, "checkpoint 20")
+        victim = _train_workers(ray_cluster["pid"])[-1]
+        os.kill(victim.pid, signal.SIGKILL)
+        time.sleep(1.0)  # the survivor blocks in its next collective; let its last metrics line land
+        reached = max(_metric_steps(run_dir))
+        _wait_for(lambda: len(_starts(run_dir)) == 2, driver, "Ray's restart of the worker group")
+        resumed = _starts(run_dir)[1]["resumed_from"]
+        assert resumed is not None and resumed >= 20 and resumed % 10 == 0
+        assert 0 <= reached - resumed <= 10, (reached, resumed)  # steps redone: at most the checkpoint interval
 
-    def kill_after_first_checkpoint():
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            if any(e["event"] == "checkpoint" and e["step"] >= 20 for e in _events(run_dir)):
-                workers = _train_workers(ray_cluster["pid"])
-                if len(workers) == 2:
-                    os.kill(workers[-1].pid, signal.SIGKILL)
-                    killed.append(workers[-1].pid)
-                    time.sleep(1.0)  # the survivor blocks in its next collective; let its last line land
-                    reached.append(max(_metric_steps(run_dir)))
-                    return
-            time.sleep(0.05)
+        # 2. SIGKILL the driver after the next checkpoint: Ray tears down the controller and workers it owns
+        _wait_for(lambda: _checkpoints(run_dir)[-1] >= resumed + 10, driver, "a checkpoint after the restart")
+        driver.kill()
+        driver.wait()
+        last_checkpoint = _checkpoints(run_dir)[-1]
+        deadline = time.time() + 120
+        while _train_workers(ray_cluster["pid"]) and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    assert not [e for e in _events(run_dir) if e["event"] == "end"], "the run finished before the driver was killed"
 
-    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
-    killer.start()
-    proc = gandist("train", *TINY, "--run-dir", str(run_dir), "--ray", "--address", ray_cluster["address"],
-                   "--workers", "2")
-    killer.join(timeout=5)
+    # 3. the same command again (same RunConfig(storage_path, name)) resumes and finishes
+    proc = gandist(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert killed, "no Ray Train worker was killed (none found, or the run finished before checkpoint 20 was seen)"
-
-    events = _events(run_dir)
-    starts = [e for e in events if e["event"] == "start"]
-    assert len(starts) == 2, starts  # the first attempt and Ray's restart of the group
-    assert starts[0]["resumed_from"] is None and all(s["world_size"] == 2 for s in starts)
-    resumed = starts[1]["resumed_from"]
-    assert resumed is not None and resumed >= 20 and resumed % 10 == 0
-    # steps trained before the kill (metrics.jsonl has a line per step) minus the step resumed from = steps redone
-    assert 0 <= reached[0] - resumed <= 10, (reached, resumed)
+    starts = _starts(run_dir)
+    assert len(starts) == 3 and starts[0]["resumed_from"] is None and all(s["world_size"] == 2 for s in starts)
+    assert starts[2]["resumed_from"] == last_checkpoint
+    print(f"worker killed at step {reached}, group resumed from {resumed}; driver killed after checkpoint "
+          f"{last_checkpoint}, re-run resumed from {starts[2]['resumed_from']}")
     assert _metric_steps(run_dir)[-1] == 80
-    end = [e for e in events if e["event"] == "end"]
-    assert len(end) == 1 and end[0]["steps"] == 80
+    assert [e["steps"] for e in _events(run_dir) if e["event"] == "end"] == [80]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000080"
     # Ray registered gandist's own checkpoints where they are (nothing copied): its snapshot names them
     snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())

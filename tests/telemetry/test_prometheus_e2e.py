@@ -75,11 +75,11 @@ def wait_for(predicate, timeout: float, what: str, procs=()):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 30) -> None:
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -200,4 +200,39 @@ def test_dashboard_and_alert_queries_run_against_prometheus_scraping_a_2_rank_dd
         assert images_per_second == pytest.approx(64 * steps_per_second, rel=0.5)
     finally:
         stop(train)
+        log.close()
+
+
+@pytest.mark.skipif(not (ROOT / "gandist" / "orchestrate" / "ray_train.py").is_file(),
+                    reason="gandist/orchestrate/ray_train.py (gandist train --ray) is not in this checkout yet")
+def test_prometheus_scrapes_each_ray_train_worker_on_port_plus_local_rank(prometheus, tmp_path):
+    prom, sd_dir = prometheus
+    metrics_port = two_free_ports()
+    cmd = [
+        sys.executable, "-m", "gandist", "train", str(ROOT / "configs" / "toy_ring8_tiny.yaml"), "--ray",
+        "--workers", "2", "--run-dir", str(tmp_path / "run"), "--set", "name=e2e-ray",
+        "--set", "distributed.strategy=ddp", "--set", "train.steps=100000", "--set", "telemetry.progress=false",
+        "--set", f"telemetry.port={metrics_port}", "--set", f"telemetry.file_sd_dir={sd_dir}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    log = open(tmp_path / "ray.log", "w")
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def both_workers_scraped() -> bool:
+            answer = query(prom, 'count(count_over_time(gandist_step{run="e2e-ray"}[1m]) >= 3)')
+            result = answer.get("data", {}).get("result", [])
+            return bool(result) and float(result[0]["value"][1]) == 2
+        try:
+            wait_for(both_workers_scraped, 300, "Prometheus to scrape both Ray Train workers 3 times", [driver])
+        except AssertionError:
+            log.flush()
+            print((tmp_path / "ray.log").read_text()[-4000:])
+            raise
+        series = query(prom, 'gandist_step{run="e2e-ray"}')["data"]["result"]
+        assert sorted(r["metric"]["rank"] for r in series) == ["0", "1"]
+        ports = sorted(int(r["metric"]["instance"].rsplit(":", 1)[1]) for r in series)
+        assert ports == [metrics_port, metrics_port + 1]  # Ray Train sets LOCAL_RANK; each worker serves its own
+        assert all(float(r["value"][1]) > 0 for r in series)  # both are training
+    finally:
+        stop(driver, signal.SIGINT, grace=60)  # SIGINT: Ray Train aborts the run and the driver stops local Ray
         log.close()

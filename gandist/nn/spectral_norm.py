@@ -7,9 +7,16 @@ it in a child module, where ZeRO-3 may see it partitioned).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _fp32(w: torch.Tensor):
+    """Autocast switched off on w's device (a no-op context on the meta device, which has no autocast)."""
+    return contextlib.nullcontext() if w.is_meta else torch.autocast(w.device.type, enabled=False)
 
 
 class SpectralNormMixin:
@@ -38,17 +45,17 @@ class SpectralNormMixin:
     def normalized_weight(self) -> torch.Tensor:
         """W / sigma after `power_iterations` steps of the power method (stored only in training mode)."""
         w = self.weight_matrix()
-        with torch.no_grad(), torch.autocast(w.device.type, enabled=False):  # power iteration in fp32 always
+        with torch.no_grad(), _fp32(w):  # power iteration in fp32 always
             # eval mode iterates too but keeps the buffers (as BigGAN-PyTorch): a fresh layer's random u, v would
             # give u.Wv near 0 (or negative) and blow the weight up, e.g. when sampling before the first step
-            u, v = self.u, self.v
+            u, v = self.u.clone(), self.v.clone()  # copies: later forwards update the buffers before backward
             for _ in range(self.power_iterations):
                 v = F.normalize(w.t().float() @ u.float(), dim=0, eps=self.sn_eps).to(w.dtype)
                 u = F.normalize(w.float() @ v.float(), dim=0, eps=self.sn_eps).to(w.dtype)
             if self.training:
                 self.u.copy_(u)
                 self.v.copy_(v)
-        with torch.autocast(w.device.type, enabled=False):  # sigma in fp32 even under bf16/fp16 autocast
+        with _fp32(w):  # sigma in fp32 even under bf16/fp16 autocast
             sigma = torch.dot(u.float(), w.float() @ v.float())  # differentiable in w, vectors fixed (the paper)
         if self.training:
             with torch.no_grad():

@@ -79,3 +79,14 @@ def test_data_info_is_derived_without_opening_data():
     assert info.shape == (3, 128, 128) and info.num_classes == 1000
     digits = data_info_from_config(load_config(CONFIGS / "stylegan2_tiny_digits.yaml").data)
     assert digits.shape == (1, 16, 16) and digits.num_classes == 10
+
+
+@pytest.mark.parametrize("name", ["demo_digits.yaml", "ring8.yaml", "biggan_tiny_digits.yaml"])
+def test_gandist_info_counts_the_small_archs_and_packed_d_too(name, capsys):
+    assert main(["info", str(CONFIGS / name), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    cfg = load_config(CONFIGS / name)
+    from gandist.models.info import build_models as real_build
+
+    G, D = real_build(cfg, meta=False)
+    assert info["G"]["params"] == count_params(G) > 0 and info["D"]["params"] == count_params(D) > 0

@@ -7,8 +7,6 @@ ones are a fair subset). Every accumulator merges across ranks by summing tensor
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -179,11 +177,12 @@ class InceptionScoreStats:
         self.neg_entropy_sum = torch.zeros(splits, dtype=torch.float64)
         self.seen = 0
 
-    def update(self, logits: torch.Tensor) -> None:
-        """Add a batch of classifier logits [N, classes]."""
+    def update(self, logits: torch.Tensor, start: int | None = None) -> None:
+        """Add a batch of classifier logits [N, classes] whose first sample has global index `start`."""
         logp = torch.log_softmax(logits.detach().to("cpu", torch.float64), dim=1)
         p = logp.exp()
-        split = (torch.arange(len(p)) + self.seen) % self.splits
+        start = self.seen if start is None else start  # global index: the same splits on any number of ranks
+        split = (torch.arange(len(p)) + start) % self.splits
         self.seen += len(p)
         self.n.index_add_(0, split, torch.ones(len(p), dtype=torch.float64))
         self.prob_sum.index_add_(0, split, p)
@@ -253,7 +252,3 @@ def min_samples(metric: str, *, k: int = 3, splits: int = 10) -> int:
     """The fewest samples a metric can be computed from (for early, clear errors)."""
     return {"fid": 2, "kid": 2, "is": splits, "pr": k + 1}.get(metric, 1)
 
-
-def nan_to_none(value: float) -> float | None:
-    """JSON-friendly: NaN -> None."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

@@ -154,7 +154,7 @@ class Evaluator:
                 if buffer is not None:
                     buffer.update(f, j * bs)
                 if is_stats is not None:
-                    is_stats.update(logits)
+                    is_stats.update(logits, j * bs)
             if modes is not None:
                 modes.update(x if self.kind == "toy2d" else net.classify_channels(x).float(), j * bs)
         out: dict = {"num": n, "features": self.features if use_features else None}

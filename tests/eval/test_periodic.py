@@ -63,6 +63,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # two spawned interpreters; ~1 min on an idle machine, much longer on a shared one
 def test_metrics_on_two_gloo_ranks_equal_single_process(digits_cache, tmp_path):
     single = Evaluator(_cfg()).evaluate(TinyImageG())
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from gandist.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +18,7 @@ def ring8_run(tmp_path_factory):
     from gandist.train.loop import run_training
 
     run_dir = tmp_path_factory.mktemp("ring8") / "run"
-    cfg = load_config("configs/toy_ring8_tiny.yaml", [
+    cfg = load_config(ROOT / "configs" / "toy_ring8_tiny.yaml", [
         "train.steps=300", "checkpoint.every=100", "eval.every=100", "eval.num=1000", "eval.metrics=[modes]",
         "telemetry.progress=false"])
     run_training(cfg, str(run_dir))

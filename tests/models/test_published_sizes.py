@@ -37,11 +37,11 @@ def test_biggan_deep_256_is_within_a_third_of_a_percent_of_the_tf_hub_model():
     assert abs(count_params(G) - 55.9e6) / 55.9e6 < 0.0035
 
 
-def test_paper256_stylegan2_g_has_six_more_mapping_layers_than_auto():
-    # paper256 (cbase 16384, map 8) is stylegan2-ada's 24,767,458-parameter G: auto + 6 layers of 512x512 + bias
+def test_each_mapping_layer_adds_one_512_by_512_layer_with_bias():
+    # paper256 (cbase 16384, map 8) differs from auto only by 6 mapping layers; D has no mapping when unconditional
     cfg = load_config(CONFIGS / "stylegan2_256_auto.yaml", ["model.mapping_layers=8"])
     G, D = build_models(cfg)
-    assert count_params(G) == 24_767_458 == 23_191_522 + 6 * (512 * 512 + 512)
+    assert count_params(G) == 23_191_522 + 6 * (512 * 512 + 512) == 24_767_458
     assert count_params(D) == 24_001_089
 
 

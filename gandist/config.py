@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,9 @@ from gandist.models.config import MLPConfig, ModelConfig
 from gandist.objectives.config import AugmentConfig, LossConfig, PenaltyConfig
 from gandist.telemetry.config import TelemetryConfig
 from gandist.watchdog.config import WatchdogConfig
+
+
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # not "nan"/"inf": those stay strings
 
 
 class ConfigError(ValueError):
@@ -164,11 +168,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    if isinstance(value, str) and NUMBER.fullmatch(value.strip()):  # YAML 1.1 reads 1e-4 as a string
+        value = float(value)
     return key.strip().split("."), value
 
 

@@ -105,13 +105,19 @@ class Trainer:
         return Watchdog(self.cfg.watchdog, rank=self.strategy.rank, world_size=self.strategy.world_size)
 
     def _build_sinks(self) -> list:
-        if not self.cfg.telemetry.port:  # 0: no Prometheus endpoint
-            return []
-        from gandist.telemetry.metrics import MetricsExporter
+        sinks = []
+        if self.cfg.telemetry.port:  # 0: no Prometheus endpoint
+            from gandist.telemetry.metrics import MetricsExporter
 
-        exporter = MetricsExporter(self.cfg.telemetry, run=self.cfg.name, rank=self.strategy.rank,
-                                   local_rank=self.strategy.local_rank)
-        return [exporter]
+            sinks.append(MetricsExporter(self.cfg.telemetry, run=self.cfg.name, rank=self.strategy.rank,
+                                         local_rank=self.strategy.local_rank))
+        if self.is_main and self.cfg.telemetry.tensorboard:
+            from gandist.telemetry.tensorboard import make_tensorboard_sink
+
+            sink = make_tensorboard_sink(self.run_dir, every=self.cfg.telemetry.log_every)
+            if sink is not None:
+                sinks.append(sink)
+        return sinks
 
     def _build_evaluator(self):
         if not self.cfg.eval.every:

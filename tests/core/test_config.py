@@ -63,3 +63,10 @@ def test_config_hash_ignores_run_length_but_not_model():
     a = load_config(None, ["train.steps=10"])
     assert a.hash() == load_config(None, ["train.steps=99"]).hash()
     assert a.hash() != load_config(None, ["model.hidden=32"]).hash()
+
+
+def test_nan_and_inf_stay_strings_but_numbers_parse():
+    assert parse_override("watchdog.inject.kind=nan")[1] == "nan"
+    assert parse_override("x=inf")[1] == "inf"
+    assert parse_override("x=-3.5E2")[1] == -350.0
+    assert load_config(None, ["watchdog.inject.kind=nan"]).watchdog.inject.kind == "nan"

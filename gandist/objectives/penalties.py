@@ -145,12 +145,21 @@ class Dragan(Penalty):
         self._need(ctx, "real", "rand")
         real = ctx.real.detach()
         # the reference implementation's perturbation: uniform noise scaled by the batch's std
-        perturb = self.cfg.perturb_std * real.std() * ctx.rand.rand(real.shape[0], *real.shape[1:]).to(real)
+        noise = ctx.rand.rand(real.shape[0], *real.shape[1:]).to(real)
+        perturb = self.cfg.perturb_std * self._batch_std(ctx, real) * noise
         x_hat = real + _uniform_like_batch(ctx.rand, real) * perturb
         norms = torch.linalg.vector_norm(input_grads(ctx, x_hat, ctx.real_y), dim=1)
         value = (norms - self.cfg.center).square().mean()
         self.last_value = value
         return self.weight * value
+
+    @staticmethod
+    def _batch_std(ctx: PenaltyContext, real: torch.Tensor) -> torch.Tensor:
+        """Std of the global batch's values: moments averaged over ranks when the loop offers ctx.reduce_mean."""
+        moments = torch.stack([real.float().mean(), real.float().square().mean()])
+        if ctx.reduce_mean is not None:  # equal per-rank batches: the mean of the ranks' moments is the global one
+            moments = ctx.reduce_mean(moments)
+        return (moments[1] - moments[0].square()).clamp_min(0).sqrt().to(real.dtype)
 
 
 @_register

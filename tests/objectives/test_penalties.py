@@ -295,3 +295,29 @@ def test_lazy_d_penalties_draw_fakes_from_g_when_the_phase_has_none(cfg):
     assert a.loss(lazy).item() == pytest.approx(b.loss(ctx).item(), rel=1e-6)
     with pytest.raises(ValueError, match="g_forward and z"):
         a.loss(PenaltyContext(step=11, d_forward=ctx.d_forward, real=ctx.real, rand=rand(16)))
+
+
+def test_dragan_is_world_size_invariant_when_the_loop_reduces_moments():
+    # D(x) = ||x||^2 / 2 has grad x, so the penalty depends on every perturbation and on the batch std
+    D = lambda x, y: 0.5 * x.flatten(1).square().sum(1)  # noqa: E731
+    real = torch.randn(16, 3, generator=torch.Generator().manual_seed(4)) * 2 + 1
+    (full,) = build_penalties([DraganConfig(weight=1.0)])
+    whole = full.loss(PenaltyContext(step=0, d_forward=D, real=real, rand=rand(16))).item()
+    halves = real[:8], real[8:]
+    moments = [torch.stack([h.mean(), h.square().mean()]) for h in halves]
+    both = (moments[0] + moments[1]) / 2  # what an all-reduce mean over the two ranks returns
+    per_rank = []
+    for r, half in enumerate(halves):
+        (p,) = build_penalties([DraganConfig(weight=1.0)])
+        ctx = PenaltyContext(step=0, d_forward=D, real=half, reduce_mean=lambda t: both,
+                             rand=GlobalRandom(seed=3, step=11, tag="D", offset=r * 8, global_n=16))
+        per_rank.append(p.loss(ctx).item())
+    assert sum(per_rank) / 2 == pytest.approx(whole, rel=1e-6)
+    # the scale is the population std of the global batch
+    assert dragan_std(real) == pytest.approx(real.std(unbiased=False).item(), rel=1e-6)
+
+
+def dragan_std(real: torch.Tensor) -> float:
+    from gandist.objectives.penalties import Dragan
+
+    return Dragan._batch_std(PenaltyContext(step=0, d_forward=None), real).item()

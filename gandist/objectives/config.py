@@ -116,8 +116,12 @@ class AugmentConfig(Section):
     diffaugment: str = Field("", description="Comma-separated DiffAugment policies: color, translation, cutout ('' off).")
     instance_noise: InstanceNoiseConfig = Field(default_factory=InstanceNoiseConfig, description="Instance noise.")
     pack: int = Field(1, ge=1, description="PacGAN: D judges packs of this many samples (1: off).")
-    translation_ratio: float = Field(0.125, ge=0, le=0.5, description="DiffAugment translation: max shift as a fraction of the image size.")
-    cutout_ratio: float = Field(0.5, ge=0, le=1, description="DiffAugment cutout: box side as a fraction of the image side.")
+    translation_ratio: float = Field(
+        0.125, ge=0, le=0.5, description="DiffAugment translation: max shift as a fraction of the image side."
+    )
+    cutout_ratio: float = Field(
+        0.5, ge=0, le=1, description="DiffAugment cutout: box side as a fraction of the image side."
+    )
 
     @field_validator("diffaugment")
     @classmethod

@@ -78,7 +78,8 @@ class Penalty:
         """Fail with one clear sentence when the loop did not provide a field this penalty uses."""
         for name in names:
             if getattr(ctx, name) is None:
-                raise ValueError(f"penalty {self.name}: PenaltyContext.{name} is missing (the {self.net} phase must pass it)")
+                raise ValueError(f"penalty {self.name}: PenaltyContext.{name} is missing "
+                                 f"(the {self.net} phase must pass it)")
 
 
 def build_penalties(cfgs: list) -> list[Penalty]:

@@ -29,7 +29,9 @@ def main(n: int = 64, repeats: int = 7) -> None:
     cases = {}
     for name, text in PENALTIES.items():
         penalty = build_penalties(load_config(None, [f"penalties=[{text}]"]).penalties)[0] if text else None
-        aug = cfg.augment.model_copy(update={"diffaugment": "color,translation,cutout"}) if "diff" in name else cfg.augment
+        aug = cfg.augment
+        if "diff" in name:
+            aug = aug.model_copy(update={"diffaugment": "color,translation,cutout"})
         cases[name] = (penalty, aug)
 
     def d_step(penalty, aug) -> None:

@@ -20,8 +20,8 @@ TOY = ["configs/toy_ring8_tiny.yaml", "--set", "train.batch_size=32", "--set", "
 # G's conv biases feed a BatchNorm, so their true gradient is 0 and Adam (eps 1e-8) turns their float-noise
 # gradients into lr-sized, rank-count-dependent steps (2e-3 relative, with or without the toolkit); eps 1e-3 in G
 # keeps that noise from masking the comparison while the other weights still train
-DIGITS = ["configs/demo_digits.yaml", "--set", "train.batch_size=16", "--set", "model.ch=8", "--set", "optim.g.eps=1e-3",
-          "--set", "distributed.cross_replica_bn=true", "--set", "augment.diffaugment=color,translation,cutout",
+DIGITS = ["configs/demo_digits.yaml", "--set", "train.batch_size=16", "--set", "model.ch=8",
+          "--set", "optim.g.eps=1e-3", "--set", "distributed.cross_replica_bn=true", "--set", "augment.diffaugment=color,translation,cutout",
           "--set", "penalties=[{kind: bcr, weight: 1.0}]"]
 
 

@@ -102,6 +102,8 @@ class Watchdog:
         if agreed == OK:
             return None
         self.bad_steps.append(signals.step)
+        if len(self.bad_steps) > 10_000:  # a long run of warnings: only recent steps can matter for healthy()
+            del self.bad_steps[:-5_000]
         if agreed < DIVERGED:
             return None
         finding = self._finding if self._finding is not None and self._finding.verdict == DIVERGED else None

@@ -29,7 +29,7 @@ MODELS = {
     "demo (dcgan, digits 16px)": (CONFIGS / "demo_digits.yaml", []),
     # BigGAN's CIFAR width (G 4.3M, D 4.2M params, 4 D steps per G step) on the bundled digits at 32 px
     "biggan-32 width (digits 32px)": (CONFIGS / "biggan_32.yaml", [
-        "data={kind: digits, resolution: 32, channels: 3}", "train.batch_size=16"]),
+        "data={kind: digits, resolution: 32, channels: 3}", "train.batch_size=8"]),
 }
 
 
@@ -105,12 +105,12 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="Run only models whose name contains this.")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = [bench_model(name, cfg, sets, args.blocks, args.device) for name, (cfg, sets) in MODELS.items()
-            if args.only is None or args.only in name]
     print(f"{'model':32} {'steps':>6} {'off s/step':>11} {'on s/step':>10} {'on/off':>7} {'watchdog share':>15}")
-    for r in rows:
-        print(f"{r['model']:32} {r['steps']:6d} {r['off']:11.4f} {r['on']:10.4f} {r['on'] / r['off']:7.3f} "
-              f"{100 * r['share']:14.2f}%")
+    for name, (cfg, sets) in MODELS.items():
+        if args.only is None or args.only in name:
+            r = bench_model(name, cfg, sets, args.blocks, args.device)
+            print(f"{r['model']:32} {r['steps']:6d} {r['off']:11.4f} {r['on']:10.4f} {r['on'] / r['off']:7.3f} "
+                  f"{100 * r['share']:14.2f}%", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,14 @@ class DCGANGenerator(nn.Module):
         stages = _stages(resolution)
         width = ch * 2 ** (stages - 1)
         self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
-        self.fc = nn.Linear(z_dim, width * 16)
+        # no bias before a batch norm: BN cancels it, and Adam would turn its zero-mean gradient noise into steps
+        self.fc = nn.Linear(z_dim, width * 16, bias=False)
         self.bn0 = batch_norm(width * 16, bn_group, dims=1)
         blocks: list[nn.Module] = []
         for _ in range(stages):
             out = max(ch, width // 2)
-            blocks += [nn.Upsample(scale_factor=2), nn.Conv2d(width, out, 3, padding=1), batch_norm(out, bn_group),
+            blocks += [nn.Upsample(scale_factor=2), nn.Conv2d(width, out, 3, padding=1, bias=False),
+                       batch_norm(out, bn_group),
                        nn.ReLU()]
             width = out
         self.blocks = nn.Sequential(*blocks)

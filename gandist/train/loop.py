@@ -160,6 +160,11 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.strategy.net("D")(x, y)
 
+    def penalty_context(self, rand: GlobalRandom, **fields) -> PenaltyContext:
+        """What penalties see: D through the input pipeline, this step's randomness, a mean over ranks."""
+        return PenaltyContext(self.step, d_forward=lambda a, b: self.d_forward(a, b, rand), rand=rand,
+                              reduce_mean=lambda t: self.strategy.all_reduce(t.clone(), "mean"), **fields)
+
     def _micro(self, t: torch.Tensor | None, i: int):
         return None if t is None else t[i * self.micro:(i + 1) * self.micro].to(self.strategy.device)
 
@@ -178,8 +183,7 @@ class Trainer:
                     real_logits = self.d_forward(x, y, rand)
                     fake_logits = self.d_forward(fake, y_fake, rand)
                     loss = losses.d_loss(self.cfg.loss, real_logits.float(), fake_logits.float())
-                ctx = PenaltyContext(self.step, lambda a, b: self.d_forward(a, b, rand), D=s.module("D"),
-                                     real=x, real_y=y, fake=fake.detach(), fake_y=y_fake, rand=rand)
+                ctx = self.penalty_context(rand, D=s.module("D"), real=x, real_y=y, fake=fake.detach(), fake_y=y_fake)
                 for p in main:
                     term = p.loss(ctx) * (self.r1_factor if p.name == "r1" else 1.0)
                     sig.losses[f"D/{p.name}"] = float(term.detach())
@@ -203,9 +207,8 @@ class Trainer:
                 rand = self.rand(f"{net}reg", i)
                 z, y = self.latents(rand, self.micro)
                 with s.gathered("G") if net == "G" else nullcontext(s.module("D")):
-                    ctx = PenaltyContext(self.step, lambda a, b: self.d_forward(a, b, rand),
-                                         g_forward=s.net("G"), G=s.module("G"), D=s.module("D"),
-                                         real=self._micro(real, i), real_y=self._micro(real_y, i), z=z, y=y, rand=rand)
+                    ctx = self.penalty_context(rand, g_forward=s.net("G"), G=s.module("G"), D=s.module("D"),
+                                               real=self._micro(real, i), real_y=self._micro(real_y, i), z=z, y=y)
                     loss = 0.0
                     with s.autocast():
                         for p in due:
@@ -231,8 +234,7 @@ class Trainer:
                     loss = losses.g_loss(self.cfg.loss, fake_logits.float(), real_logits)
                 if main:
                     with s.gathered("G") as G_full:
-                        ctx = PenaltyContext(self.step, lambda a, b: self.d_forward(a, b, rand), g_forward=s.net("G"),
-                                             G=G_full, D=s.module("D"), z=z, y=y, rand=rand)
+                        ctx = self.penalty_context(rand, g_forward=s.net("G"), G=G_full, D=s.module("D"), z=z, y=y)
                         for p in main:
                             term = p.loss(ctx)
                             sig.losses[f"G/{p.name}"] = float(term.detach())

@@ -1,4 +1,7 @@
-"""SNGAN-style ResNet pair (Miyato et al. 2018) for 16-64 px images: residual up/down blocks, projection D."""
+"""SNGAN-style ResNet pair (Miyato et al. 2018) for 16-64 px images: residual up/down blocks, projection D.
+
+G is conditioned by adding a class embedding to z (simpler than conditional BN; BigGAN has the CBN version).
+"""
 from __future__ import annotations
 
 import torch
@@ -17,7 +20,7 @@ class UpBlock(nn.Module):
     def __init__(self, ch: int, sn: bool, bn_group):
         super().__init__()
         self.bn1, self.bn2 = batch_norm(ch, bn_group), batch_norm(ch, bn_group)
-        self.conv1 = conv2d(ch, ch, 3, padding=1, sn=sn)
+        self.conv1 = conv2d(ch, ch, 3, padding=1, sn=sn, bias=False)  # feeds bn2 only: a bias would be cancelled
         self.conv2 = conv2d(ch, ch, 3, padding=1, sn=sn)
         self.skip = conv2d(ch, ch, 1, sn=sn)
 

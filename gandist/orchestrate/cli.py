@@ -24,7 +24,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--run-dir", default=None,
                    help="Run dir on the cluster (shared path or s3:// URL; default ~/gandist-runs/NAME on the "
                         "head node for Ray Jobs, /workspace/runs/NAME for KubeRay).")
-    p.add_argument("--force", action="store_true", help="Start over even if the run dir holds a checkpoint.")
+    p.add_argument("--force", action="store_true", help="Continue a run dir whose config differs (as train --force).")
     jobs = p.add_argument_group("Ray Jobs")
     jobs.add_argument("--follow", action="store_true", help="Stream the job's logs until it ends; exit 0 only "
                                                              "when it SUCCEEDED.")

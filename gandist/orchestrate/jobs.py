@@ -22,6 +22,7 @@ from gandist.cli import UserError
 from gandist.config import ExperimentConfig
 
 CONFIG_ENV = "GANDIST_CONFIG_YAML"
+AGENT_WAIT_S = 60.0  # how long a freshly started cluster may take to register its job agent
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # what the working_dir upload leaves out: environments, runs, caches (Ray's limit for working_dir is 500 MiB)
 WORKING_DIR_EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache", "*.pt", "*.tar"]
@@ -89,8 +90,19 @@ def submit(cfg: ExperimentConfig, address: str, *, run_dir: str, workers: int = 
     check_worker_request(cfg, workers, gpus_per_worker)  # refused here, not minutes later on the cluster
     runtime_env = build_runtime_env(cfg, working_dir=working_dir, pip=pip)
     jobs = client(address)
-    return jobs.submit_job(entrypoint=entrypoint(run_dir, workers, gpus_per_worker, force), runtime_env=runtime_env,
-                           metadata={"gandist.name": cfg.name, "gandist.run_dir": run_dir})
+    deadline = time.time() + AGENT_WAIT_S
+    while True:
+        try:
+            return jobs.submit_job(entrypoint=entrypoint(run_dir, workers, gpus_per_worker, force),
+                                   runtime_env=runtime_env,
+                                   metadata={"gandist.name": cfg.name, "gandist.run_dir": run_dir})
+        except RuntimeError as err:
+            # a cluster that has just started answers before its job agent registered: retry that, nothing else
+            if "No available agent" in str(err) and time.time() < deadline:
+                time.sleep(2.0)
+                continue
+            raise UserError(f"--ray-address {address}: the job was not accepted "
+                            f"({str(err).strip().splitlines()[-1]})") from None
 
 
 def follow(address: str, job_id: str, *, timeout_s: float | None = None, out=sys.stdout) -> str:

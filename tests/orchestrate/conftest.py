@@ -37,6 +37,10 @@ def _listening(port: int) -> bool:
 def ray_cluster(tmp_path_factory):
     """{'address': '127.0.0.1:GCS_PORT', 'dashboard': 'http://127.0.0.1:PORT', 'pid': head pid, 'logs': folder}."""
     root = tmp_path_factory.mktemp("ray")
+    # Ray 2.60 turns token auth on when ~/.ray/auth_token exists (any local `ray.init()` on this machine writes
+    # one); this loopback-only test cluster and its clients (this process and every subprocess) run without it
+    old_auth_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     # Ray's socket paths must stay under 107 bytes: keep the temp dir short
     temp_dir = Path(f"/tmp/gdray-{os.getpid()}")
     gcs, dash = free_port(), free_port()
@@ -68,6 +72,10 @@ def ray_cluster(tmp_path_factory):
         except ProcessLookupError:
             pass
         log.close()
+        if old_auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old_auth_mode
 
 
 def gandist(*args: str, timeout: float = 420, env: dict | None = None) -> subprocess.CompletedProcess:

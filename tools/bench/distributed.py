@@ -1,0 +1,179 @@
+"""Per-rank memory (parameters, gradients, optimizer state) and step time of ddp and zero1/2/3 at world size 2.
+
+    DS_ACCELERATOR=cpu python tools/bench/distributed.py [--arch biggan --resolution 128 --steps 2 --out FILE]
+
+Bytes are measured from the tensors the strategies hold (unique storages), not estimated:
+- params: the module's parameters as stored on this rank (ZeRO-3: its partition) + ZeRO's fp32 master partition;
+- grads: what holds gradients right after the last backward of a phase, before the step (p.grad, ZeRO's
+  partitioned gradient buffers), summed over the G and D phases;
+- optim: the Adam moments in the (inner) optimizer's state.
+Step time: mean seconds per G step (D phase + G phase, hinge loss) after one warm-up step, on 2 gloo processes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import time
+
+import torch
+
+
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind `tensors` (views of one buffer count once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None or not torch.is_tensor(t) or t.numel() == 0:
+            continue
+        s = t.untyped_storage()
+        if s.data_ptr() in seen:
+            continue
+        seen.add(s.data_ptr())
+        total += s.nbytes()
+    return total
+
+
+def _flat(x):
+    if torch.is_tensor(x):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _flat(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _flat(v)
+
+
+def grad_tensors(strategy, name: str) -> list:
+    """Tensors holding `name`'s gradients now (after backward, before step)."""
+    module = strategy.module(name)
+    out = [p.grad for p in module.parameters()]
+    engine = getattr(strategy, "engines", {}).get(name)
+    if engine is not None:
+        opt = engine.optimizer
+        out += list(_flat(getattr(opt, "averaged_gradients", None)))
+        for attr in ("grads_in_partition", "grad_partitions_flat_buffer"):
+            out += list(_flat(getattr(opt, attr, None)))
+        for flat in getattr(opt, "single_partition_of_fp32_groups", []) + list(
+                getattr(opt, "fp32_partitioned_groups_flat", [])):
+            out.append(flat.grad)
+    return out
+
+
+def param_tensors(strategy, name: str) -> list:
+    """This rank's parameter storage for `name`, plus ZeRO's fp32 master partitions."""
+    module = strategy.module(name)
+    out = [getattr(p, "ds_tensor", p) for p in module.parameters()]
+    engine = getattr(strategy, "engines", {}).get(name)
+    if engine is not None:
+        opt = engine.optimizer
+        out += list(getattr(opt, "single_partition_of_fp32_groups", [])) + list(
+            getattr(opt, "fp32_partitioned_groups_flat", []))
+    return out
+
+
+def optim_tensors(strategy, name: str) -> list:
+    engine = getattr(strategy, "engines", {}).get(name)
+    optimizer = engine.optimizer.optimizer if engine is not None else strategy.optims[name]
+    return list(_flat(dict(optimizer.state)))
+
+
+def _worker(rank: int, world: int, port: int, strategy_name: str, args, queue) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
+    import torch.nn.functional as F
+
+    from gandist.config import load_config
+    from gandist.data.base import DataInfo
+    from gandist.models.base import BuildContext
+    from gandist.registry import ARCHS, resolve
+    from gandist.strategies import build_strategy
+    from gandist.strategies.base import OptimSetup
+
+    cfg = load_config(None, [f"model.arch={args.arch}", f"distributed.strategy={strategy_name}",
+                             f"train.batch_size={args.batch}", "train.device=cpu"])
+    info = DataInfo((3, args.resolution, args.resolution), args.classes, (-1.0, 1.0))
+    torch.manual_seed(0)
+    G, D = resolve(ARCHS, args.arch, "model.arch")(cfg.model, info, BuildContext(None, 1))
+    s = build_strategy(cfg)
+    adam = OptimSetup(1e-4, (0.0, 0.999), 1e-8, 0.0)
+    s.setup(G, D, {"G": adam, "D": adam}, 1, 0.0, "off")
+    n = args.batch // world
+    grads = {}
+    times = []
+    for step in range(args.steps):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(step * world + rank)
+        z = torch.randn(n, G.z_dim, generator=gen)
+        y = torch.randint(0, args.classes, (n,), generator=gen) if args.classes else None
+        real = torch.rand(n, *info.shape, generator=gen) * 2 - 1
+        with s.phase("D"):
+            with torch.no_grad():
+                fake = s.net("G")(z, y)
+            loss = F.relu(1 - s.net("D")(real, y)).mean() + F.relu(1 + s.net("D")(fake, y)).mean()
+            s.backward(loss, "D")
+            grads["D"] = storage_bytes(grad_tensors(s, "D"))
+        s.step("D")
+        with s.phase("G"):
+            loss = -s.net("D")(s.net("G")(z, y), y).mean()
+            s.backward(loss, "G")
+            grads["G"] = storage_bytes(grad_tensors(s, "G"))
+        s.step("G")
+        times.append(time.perf_counter() - t0)
+    result = {
+        "params": sum(storage_bytes(param_tensors(s, k)) for k in ("G", "D")),
+        "grads": grads["G"] + grads["D"],
+        "optim": sum(storage_bytes(optim_tensors(s, k)) for k in ("G", "D")),
+        "step_s": sum(times[1:]) / max(len(times) - 1, 1),
+        "num_params": sum(int(getattr(p, "ds_numel", p.numel())) for k in ("G", "D") for p in s.module(k).parameters()),
+    }
+    if rank == 0:
+        queue.put(result)
+    s.close()
+
+
+def measure(strategy: str, args) -> dict:
+    """Run one strategy on 2 processes; rank 0's measurements."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_worker, args=(2, port, strategy, args, queue), nprocs=2, join=True, start_method="spawn")
+    return queue.get(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="biggan", help="model.arch (default biggan: BigGAN-128, ch 96)")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=2, help="global batch (per rank: batch / 2)")
+    parser.add_argument("--steps", type=int, default=2, help="steps per strategy; the first is warm-up")
+    parser.add_argument("--strategies", default="ddp,zero1,zero2,zero3")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    rows = {name: measure(name, args) for name in args.strategies.split(",")}
+    base = rows.get("ddp")
+    gib = 2**30
+    print(f"{args.arch} {args.resolution}px, {next(iter(rows.values()))['num_params'] / 1e6:.1f}M parameters, "
+          "world size 2, per-rank bytes measured from the strategies' tensors")
+    print(f"{'strategy':9} {'params GiB':>10} {'grads GiB':>10} {'optim GiB':>10} {'grad+optim':>11} "
+          f"{'vs ddp':>7} {'step s':>8} {'vs ddp':>7}")
+    for name, r in rows.items():
+        go = r["grads"] + r["optim"]
+        ratio = go / (base["grads"] + base["optim"]) if base else float("nan")
+        t_ratio = r["step_s"] / base["step_s"] if base else float("nan")
+        print(f"{name:9} {r['params'] / gib:10.3f} {r['grads'] / gib:10.3f} {r['optim'] / gib:10.3f} "
+              f"{go / gib:11.3f} {ratio:7.2f} {r['step_s']:8.2f} {t_ratio:7.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "results": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -97,7 +97,7 @@ def bench_nets(family: str, res: int, args) -> dict:
 
 def train_step_img_per_s(family: str, res: int, args) -> tuple[float, int, int]:
     """Images per second of a full D step + G step (Adam, hinge/ns loss) at the published widths."""
-    G, D, classes = build_pair(family, res, True, args.device)
+    G, D, classes = build_pair(family, res, not args.reduced, args.device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     G, D = G.to(memory_format=fmt), D.to(memory_format=fmt)
     g_opt = torch.optim.Adam(G.parameters(), lr=1e-4, betas=(0.0, 0.999))
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
                    help="img/s of a full training step of BigGAN-128 and StyleGAN2-256 instead")
     p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast dtype of --train-step")
     p.add_argument("--channels-last", action="store_true", help="channels_last in --train-step")
+    p.add_argument("--reduced", action="store_true", help="--train-step with the reduced widths (a CPU smoke run)")
     args = p.parse_args(argv)
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}",
           flush=True)

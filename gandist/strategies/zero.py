@@ -45,6 +45,7 @@ def deepspeed_config(cfg, stage: int, world_size: int, accumulation: int, grad_c
         raise UserError(f"train.batch_size {batch} is not divisible by world size {world_size} x optim.accumulation "
                          f"{accumulation}; choose a multiple of {world_size * accumulation}")
     bucket = int(min(max(numel, 10**6), 5 * 10**8))
+    bucket = -(-bucket // 1024) * 1024  # DeepSpeed wants a multiple of its NCCL alignment factor (2 .. 512)
     zero_section: dict = {"stage": stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
     if stage == 3:
         # tensors under 1024 elements (biases, gains) stay whole on every rank; weight matrices are partitioned

@@ -79,6 +79,33 @@ def optim_tensors(strategy, name: str) -> list:
     return list(_flat(dict(optimizer.state)))
 
 
+class _StandIn(torch.nn.Module):
+    """MLP with a given parameter count (BigGAN-128: G 70.4M, D 88.0M): same bytes, little compute."""
+
+    def __init__(self, d_in: int, d_out: int, millions: float, width: int = 4096) -> None:
+        super().__init__()
+        inner = max(0, round((millions * 1e6 - width * (d_in + d_out)) / (width * width)))
+        dims = [d_in] + [width] * (inner + 1) + [d_out]
+        layers = []
+        for a, b in zip(dims, dims[1:]):
+            layers += [torch.nn.Linear(a, b), torch.nn.LeakyReLU(0.2)]
+        self.net = torch.nn.Sequential(*layers[:-1])
+        self.z_dim, self.num_classes = d_in, 0
+
+    def forward(self, x, y=None):
+        return self.net(x).squeeze(-1)
+
+
+def build_nets(args, cfg, info):
+    """The real model from the registry, or (--standin) MLPs of BigGAN-128's parameter counts."""
+    if args.standin:
+        return _StandIn(120, 768, 70.4), _StandIn(768, 1, 88.0)
+    from gandist.models.base import BuildContext
+    from gandist.registry import ARCHS, resolve
+
+    return resolve(ARCHS, args.arch, "model.arch")(cfg.model, info, BuildContext(None, 1))
+
+
 def _worker(rank: int, world: int, port: int, strategy_name: str, args, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
@@ -87,16 +114,15 @@ def _worker(rank: int, world: int, port: int, strategy_name: str, args, queue) -
 
     from gandist.config import load_config
     from gandist.data.base import DataInfo
-    from gandist.models.base import BuildContext
-    from gandist.registry import ARCHS, resolve
     from gandist.strategies import build_strategy
     from gandist.strategies.base import OptimSetup
 
     cfg = load_config(None, [f"model.arch={args.arch}", f"distributed.strategy={strategy_name}",
                              f"train.batch_size={args.batch}", "train.device=cpu"])
-    info = DataInfo((3, args.resolution, args.resolution), args.classes, (-1.0, 1.0))
+    info = DataInfo((768,) if args.standin else (3, args.resolution, args.resolution),
+                    0 if args.standin else args.classes, (-1.0, 1.0))
     torch.manual_seed(0)
-    G, D = resolve(ARCHS, args.arch, "model.arch")(cfg.model, info, BuildContext(None, 1))
+    G, D = build_nets(args, cfg, info)
     s = build_strategy(cfg)
     adam = OptimSetup(1e-4, (0.0, 0.999), 1e-8, 0.0)
     s.setup(G, D, {"G": adam, "D": adam}, 1, 0.0, "off")
@@ -107,7 +133,7 @@ def _worker(rank: int, world: int, port: int, strategy_name: str, args, queue) -
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(step * world + rank)
         z = torch.randn(n, G.z_dim, generator=gen)
-        y = torch.randint(0, args.classes, (n,), generator=gen) if args.classes else None
+        y = torch.randint(0, info.num_classes, (n,), generator=gen) if info.num_classes else None
         real = torch.rand(n, *info.shape, generator=gen) * 2 - 1
         with s.phase("D"):
             with torch.no_grad():
@@ -155,12 +181,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="global batch (per rank: batch / 2)")
     parser.add_argument("--steps", type=int, default=2, help="steps per strategy; the first is warm-up")
     parser.add_argument("--strategies", default="ddp,zero1,zero2,zero3")
+    parser.add_argument("--standin", action="store_true",
+                        help="MLPs with BigGAN-128's parameter counts (G 70.4M, D 88.0M) instead of the real "
+                             "model: the same bytes at a fraction of the compute (for small CPU machines)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     rows = {name: measure(name, args) for name in args.strategies.split(",")}
     base = rows.get("ddp")
     gib = 2**30
-    print(f"{args.arch} {args.resolution}px, {next(iter(rows.values()))['num_params'] / 1e6:.1f}M parameters, "
+    model = "stand-in MLPs" if args.standin else f"{args.arch} {args.resolution}px"
+    print(f"{model}, {next(iter(rows.values()))['num_params'] / 1e6:.1f}M parameters, "
           "world size 2, per-rank bytes measured from the strategies' tensors")
     print(f"{'strategy':9} {'params GiB':>10} {'grads GiB':>10} {'optim GiB':>10} {'grad+optim':>11} "
           f"{'vs ddp':>7} {'step s':>8} {'vs ddp':>7}")

@@ -124,6 +124,8 @@ def _prepare(cfg: ExperimentConfig, opts: KubeRayOptions) -> tuple[ExperimentCon
     cfg = cfg.model_copy(deep=True)
     if cfg.telemetry.port == 0:  # a cluster run is scraped: switch the exporter on at a fixed, annotated port
         cfg.telemetry.port = GANDIST_METRICS_PORT
+    if cfg.telemetry.host == "127.0.0.1":  # in a pod, Prometheus scrapes the pod IP, not loopback
+        cfg.telemetry.host = "0.0.0.0"
     labels = {"app.kubernetes.io/name": "gandist", "app.kubernetes.io/instance": name,
               "app.kubernetes.io/component": "training"}
     return cfg, name, opts.run_dir or f"/workspace/runs/{name}", labels

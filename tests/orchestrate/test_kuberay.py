@@ -203,3 +203,15 @@ def test_submit_kuberay_refuses_bad_input_with_one_line(args, message, tmp_path,
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_rendered_config_binds_the_metrics_endpoint_on_all_pod_interfaces():
+    import yaml
+
+    from gandist.config import load_config
+    from gandist.orchestrate.kuberay import KubeRayOptions, render_rayjob
+
+    docs = render_rayjob(load_config("configs/demo_digits.yaml"), KubeRayOptions())
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    telemetry = yaml.safe_load(config_map["data"]["config.yaml"])["telemetry"]
+    assert telemetry["host"] == "0.0.0.0" and telemetry["port"] > 0

@@ -79,8 +79,9 @@ class Trainer:
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
         self.penalties = build_penalties(cfg.penalties)
         optim = {"G": lazy_optim(cfg.optim.g, self.penalties, "G"), "D": lazy_optim(cfg.optim.d, self.penalties, "D")}
+        # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
+        self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
         s.setup(G, D, optim, cfg.optim.accumulation, cfg.optim.grad_clip, cfg.train.amp)
-        self.G_ema = ema_lib.make_ema(s.module("G")) if cfg.train.ema.enabled else None
         self.loader = self.source.loader(s.rank, s.world_size, cfg.train.batch_size, cfg.seed)
 
         self.step, self.images_seen = 0, 0
@@ -324,8 +325,9 @@ class Trainer:
     # -- outputs -----------------------------------------------------------------------------------------------
     def publish(self, sig: Signals, wall: float) -> None:
         sig.img_per_sec = self.cfg.train.batch_size * self.cfg.optim.d_steps / max(wall, 1e-9)
-        if self.G_ema is not None and self.step % self.cfg.telemetry.log_every == 0:
-            sig.ema_distance = sig.ema_distance or ema_lib.relative_distance(self.G_ema, self.strategy.module("G"))
+        if self.G_ema is not None and self.step % self.cfg.telemetry.log_every == 0 and sig.ema_distance is None:
+            with self.strategy.gathered("G") as G_full:  # every rank calls publish: a collective is safe here
+                sig.ema_distance = ema_lib.relative_distance(self.G_ema, G_full)
         for sink in self.sinks:
             sink.publish(sig)
         if self.reporter is not None and hasattr(self.reporter, "on_step"):
@@ -337,6 +339,9 @@ class Trainer:
 
     def write_samples(self) -> None:
         if not self.is_main:
+            return
+        if self.G_ema is None and self.cfg.distributed.strategy == "zero3":
+            log.warning("no samples: with train.ema.enabled=false, ZeRO-3's partitioned G cannot run on rank 0 alone")
             return
         from gandist.train.sampling import write_run_samples
 

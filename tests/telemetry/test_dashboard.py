@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import yaml
-from conftest import scrape
+from promkit import scrape
 
 from gandist.telemetry import dashboard
 from gandist.train.signals import Signals

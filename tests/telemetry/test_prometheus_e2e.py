@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from promkit import free_port
 
 from gandist.telemetry import dashboard
 

@@ -7,7 +7,7 @@ import socket
 import time
 import urllib.request
 
-from conftest import free_port, parse_exposition, scrape, value
+from promkit import free_port, parse_exposition, scrape, value
 
 from gandist.train.signals import Signals
 

@@ -170,6 +170,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = raw
     if isinstance(value, str) and NUMBER.fullmatch(value.strip()):  # YAML 1.1 reads 1e-4 as a string
         value = float(value)
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # YAML 1.1 reads off/on/yes/no as booleans: train.amp=off means the string "off"
     return key.strip().split("."), value
 
 

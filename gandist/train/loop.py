@@ -294,7 +294,12 @@ class Trainer:
             local = self.watchdog.observe(sig, G_full, s.module("D"), self.G_ema)
         agreed = int(s.all_reduce(torch.tensor([local], dtype=torch.int64), "max").item())
         sig.verdict = ("ok", "warn", "diverged")[agreed]
-        action = self.watchdog.resolve(agreed, sig)  # raises WatchdogGaveUp after too many rollbacks
+        try:
+            action = self.watchdog.resolve(agreed, sig)
+        except Exception as err:  # WatchdogGaveUp after too many rollbacks: the last divergence is an event too
+            if type(err).__name__ == "WatchdogGaveUp":
+                self.event({"event": "diverged", "reason": "gave up", "report": str(err)})
+            raise
         if action is not None:
             self.rollback(action)
 

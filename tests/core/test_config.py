@@ -70,3 +70,9 @@ def test_nan_and_inf_stay_strings_but_numbers_parse():
     assert parse_override("x=inf")[1] == "inf"
     assert parse_override("x=-3.5E2")[1] == -350.0
     assert load_config(None, ["watchdog.inject.kind=nan"]).watchdog.inject.kind == "nan"
+
+
+def test_yaml_booleans_only_from_true_and_false():
+    assert parse_override("train.amp=off")[1] == "off"
+    assert parse_override("train.deterministic=false")[1] is False
+    assert load_config(None, ["train.amp=off", "train.ema.enabled=true"]).train.amp == "off"

@@ -76,3 +76,12 @@ def test_yaml_booleans_only_from_true_and_false():
     assert parse_override("train.amp=off")[1] == "off"
     assert parse_override("train.deterministic=false")[1] is False
     assert load_config(None, ["train.amp=off", "train.ema.enabled=true"]).train.amp == "off"
+
+
+def test_loading_a_config_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, gandist.config; gandist.config.load_config(None); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.strip() == "False"

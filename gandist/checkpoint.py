@@ -18,13 +18,13 @@ import logging
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 
 import fsspec
 import torch
 
 from gandist.errors import CheckpointError
+from gandist.fileio import atomic_write_bytes
 
 log = logging.getLogger("gandist.checkpoint")
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -59,18 +59,7 @@ class CheckpointStore:
     def _write_atomic(self, path: str, data: bytes) -> None:
         """temp file + fsync + rename (object stores: a single PUT, made visible by the manifest written last)."""
         if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write_bytes(path, data)
         else:
             with self.fs.open(path, "wb") as f:
                 f.write(data)

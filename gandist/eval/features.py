@@ -15,6 +15,7 @@ evaluation works offline and in tests. Its 128-d penultimate layer gives feature
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gandist.cli import UserError
+from gandist.fileio import atomic_write_bytes
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub convention: the file name carries the sha256's first 8 hex digits
@@ -317,10 +319,9 @@ def default_cache_dir() -> Path:
 
 def save_digits_net(net: DigitsNet, accuracy: float, path: Path) -> None:
     """Write weights + held-out accuracy atomically (tmp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"network": "digits", "state": net.state_dict(), "accuracy": accuracy}, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save({"network": "digits", "state": net.state_dict(), "accuracy": accuracy}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_digits_net(path: str | Path | None = None, train_if_missing: bool = True) -> DigitsNet:

@@ -17,6 +17,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from gandist.fileio import atomic_write_text
 from gandist.telemetry.config import TelemetryConfig
 from gandist.train.signals import Signals
 
@@ -235,9 +236,7 @@ class MetricsExporter:
             directory = Path(self.cfg.file_sd_dir)
             directory.mkdir(parents=True, exist_ok=True)
             path = directory / f"gandist-{self.run}-rank{self.rank}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(target))
-            os.replace(tmp, path)  # Prometheus never reads a half-written file
+            atomic_write_text(path, json.dumps(target))  # Prometheus never reads a half-written file
             self._sd_file = path
         except OSError as err:
             log.warning("metrics: could not write the file_sd target in %s (%s)", self.cfg.file_sd_dir, err)

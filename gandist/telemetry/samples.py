@@ -3,20 +3,11 @@ from __future__ import annotations
 
 import io
 import math
-import os
 
 import numpy as np
 import torch
 
-
-def _atomic_write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from gandist.fileio import atomic_write_bytes
 
 
 def image_grid_png(images: torch.Tensor, nrow: int | None = None, value_range=(-1.0, 1.0)) -> bytes:
@@ -68,4 +59,4 @@ def scatter_png(points: torch.Tensor, centres: torch.Tensor | None = None, title
 
 def save_png(path: str, data: bytes) -> None:
     """Write PNG bytes atomically."""
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)

@@ -9,6 +9,7 @@ import time
 import yaml
 
 from gandist.errors import UserError
+from gandist.fileio import atomic_write_text
 
 
 def prepare_run_dir(cfg, run_dir: str, force: bool) -> None:
@@ -28,12 +29,7 @@ def prepare_run_dir(cfg, run_dir: str, force: bool) -> None:
             raise UserError(
                 f"{run_dir}: holds a run with a different config ({changed_keys(old, cfg)}); use another --run-dir,"
                 " or --force to continue it with the new config")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(cfg.to_yaml())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, cfg.to_yaml())
 
 
 def changed_keys(old, new, limit: int = 4) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import logging
 
-import numpy as np
 import pytest
 import torch
 from webdataset import TarWriter

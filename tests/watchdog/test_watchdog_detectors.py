@@ -2,7 +2,6 @@
 import math
 
 import numpy as np
-import pytest
 
 from gandist.train.signals import Signals
 from gandist.watchdog.config import (

@@ -82,29 +82,25 @@ class RayReporter:
         """Per-step metrics stay in gandist's telemetry; reporting them to Ray too would add a barrier per step."""
 
     def on_checkpoint(self, step: int, url: str) -> None:
-        """Call ray.train.report once per checkpoint on every rank (it is a barrier); rank 0 passes the checkpoint."""
+        """Call ray.train.report once per checkpoint on every rank (it is a barrier); rank 0 passes a pointer.
+
+        Ray gets a small pointer folder (`RUN_DIR/ray-step-N/gandist_checkpoint.json`), never gandist's own
+        checkpoint folder: gandist's retention deletes old step folders, and Ray refuses to resume a run whose
+        snapshot names a folder that no longer exists. gandist resumes from its own `latest` pointer anyway.
+        """
         import ray.train
 
         metrics = {"step": step, "checkpoint_url": url}
-        dir_name = f"step-{step:08d}"
-        path = url[len("file://"):] if url.startswith("file://") else url
-        inside = "://" not in path and os.path.abspath(path).startswith(self.experiment_dir + os.sep)
+        dir_name = f"ray-step-{step:08d}"
         if ray.train.get_context().get_world_rank() != 0:
-            mode = ray.train.CheckpointUploadMode.NO_UPLOAD if inside else ray.train.CheckpointUploadMode.SYNC
-            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=dir_name if inside else f"ray-{dir_name}",
-                             checkpoint_upload_mode=mode)
-        elif inside:
-            # gandist's checkpoint already lives in Ray's experiment folder: register it where it is, copy nothing
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint(os.path.abspath(path)),
-                             checkpoint_dir_name=dir_name,
-                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
-        else:
-            # checkpoints elsewhere (e.g. checkpoint.url on S3): Ray stores a small pointer to them
-            with tempfile.TemporaryDirectory() as tmp:
-                with open(os.path.join(tmp, "gandist_checkpoint.json"), "w") as f:
-                    json.dump({"step": step, "url": url}, f)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"ray-{dir_name}")
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=dir_name,
+                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.SYNC)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "gandist_checkpoint.json"), "w") as f:
+                json.dump({"step": step, "url": url}, f)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=dir_name)
 
 
 def _train_worker(config: dict) -> None:

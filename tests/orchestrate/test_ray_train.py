@@ -119,10 +119,14 @@ def test_run_survives_a_killed_worker_then_a_killed_driver_redoing_at_most_one_i
     assert _metric_steps(run_dir)[-1] == 80
     assert [e["steps"] for e in _events(run_dir) if e["event"] == "end"] == [80]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000080"
-    # Ray registered gandist's own checkpoints where they are (nothing copied): its snapshot names them
+    # Ray holds small pointers to gandist's checkpoints, each of which still exists (retention prunes only
+    # gandist's own step folders, so Ray's snapshot never names a deleted folder)
     snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
     names = [c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]]
-    assert "checkpoints/step-00000080" in names and not list(run_dir.glob("checkpoint_0*"))
+    assert "ray-step-00000080" in names and not list(run_dir.glob("checkpoint_0*"))
+    for name in names:
+        pointer = json.loads((run_dir / name / "gandist_checkpoint.json").read_text())
+        assert pointer["url"].endswith(f"step-{pointer['step']:08d}")
 
 
 def test_more_gpus_than_the_cluster_has_reports_pending_and_stops(ray_cluster, tmp_path):

@@ -15,6 +15,7 @@ import shlex
 import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,7 +23,7 @@ from gandist.cli import UserError
 from gandist.config import ExperimentConfig
 
 CONFIG_ENV = "GANDIST_CONFIG_YAML"
-AGENT_WAIT_S = 60.0  # how long a freshly started cluster may take to register its job agent
+AGENT_WAIT_S = 180.0  # how long a fresh cluster (or a loaded head) may take to register or answer its job agent
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # what the working_dir upload leaves out: environments, runs, caches (Ray's limit for working_dir is 500 MiB)
 WORKING_DIR_EXCLUDES = [".venv", ".git", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache", "*.pt", "*.tar"]
@@ -90,14 +91,19 @@ def submit(cfg: ExperimentConfig, address: str, *, run_dir: str, workers: int = 
     check_worker_request(cfg, workers, gpus_per_worker)  # refused here, not minutes later on the cluster
     runtime_env = build_runtime_env(cfg, working_dir=working_dir, pip=pip)
     jobs = client(address)
+    # the id is chosen here so that a retry after an ambiguous answer cannot start the job twice: the head answers
+    # "No available agent" both while a fresh cluster's agent registers and when a busy agent was slow to confirm
+    # a submission it did accept; a retry of the latter is refused as "already exists", which means it is running
+    submission_id = f"raysubmit_{uuid.uuid4().hex[:16]}"
     deadline = time.time() + AGENT_WAIT_S
     while True:
         try:
             return jobs.submit_job(entrypoint=entrypoint(run_dir, workers, gpus_per_worker, force),
-                                   runtime_env=runtime_env,
+                                   runtime_env=runtime_env, submission_id=submission_id,
                                    metadata={"gandist.name": cfg.name, "gandist.run_dir": run_dir})
         except RuntimeError as err:
-            # a cluster that has just started answers before its job agent registered: retry that, nothing else
+            if "already exists" in str(err) and submission_id in str(err):
+                return submission_id
             if "No available agent" in str(err) and time.time() < deadline:
                 time.sleep(2.0)
                 continue

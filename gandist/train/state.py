@@ -55,6 +55,8 @@ class CheckpointIO:
                          "lr_factor": t.lr_factor, "r1_factor": t.r1_factor, "rollbacks": t.rollbacks},
                 "penalties": [p.state_dict() for p in t.penalties],
                 "watchdog": t.watchdog.state_dict() if t.watchdog else None,
+                # the best evaluation so far: a resumed run must not tag a worse checkpoint "best"
+                "eval_best": list(t.evaluator.best) if t.evaluator is not None and t.evaluator.best else None,
                 "data0": t.loader.state_dict(),
                 "config": t.cfg.model_dump(mode="json"),
                 "data_info": {"shape": list(t.info.shape), "num_classes": t.info.num_classes,
@@ -119,6 +121,8 @@ class CheckpointIO:
         t.rollbacks = list(ckpt.shared["loop"].get("rollbacks", []))
         if t.watchdog and ckpt.shared.get("watchdog") is not None:
             t.watchdog.load_state_dict(ckpt.shared["watchdog"])
+        if t.evaluator is not None and ckpt.shared.get("eval_best") is not None:
+            t.evaluator.best = tuple(ckpt.shared["eval_best"])
         if t.is_main:
             log.info("resumed from %s", ckpt.path)
         return ckpt.step

@@ -11,17 +11,21 @@ from gandist.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def ring8_config(steps: int):
+    from gandist.config import load_config
+
+    return load_config(ROOT / "configs" / "toy_ring8_tiny.yaml", [
+        f"train.steps={steps}", "checkpoint.every=100", "eval.every=100", "eval.num=1000", "eval.metrics=[modes]",
+        "telemetry.progress=false"])
+
+
 @pytest.fixture(scope="module")
 def ring8_run(tmp_path_factory):
     """A 300-step ring8 run with periodic evaluation every 100 steps (modes, 1000 samples)."""
-    from gandist.config import load_config
     from gandist.train.loop import run_training
 
     run_dir = tmp_path_factory.mktemp("ring8") / "run"
-    cfg = load_config(ROOT / "configs" / "toy_ring8_tiny.yaml", [
-        "train.steps=300", "checkpoint.every=100", "eval.every=100", "eval.num=1000", "eval.metrics=[modes]",
-        "telemetry.progress=false"])
-    run_training(cfg, str(run_dir))
+    run_training(ring8_config(300), str(run_dir))
     return run_dir
 
 
@@ -41,6 +45,26 @@ def test_eval_cli_reproduces_the_periodic_evaluation_of_the_same_checkpoint(ring
     best_step = max(periodic, key=lambda m: (m["modes"], m["high_quality"], -m["reverse_kl"]))["step"]
     assert main(["eval", str(ring8_run), "--checkpoint", "best", "--num", "1000", "--out", str(ring8_run / "best.json")]) == 0
     assert json.loads((ring8_run / "best.json").read_text())["step"] == best_step
+
+
+@pytest.mark.slow
+def test_best_so_far_survives_a_resume(ring8_run, tmp_path):
+    from gandist.eval.periodic import Evaluator
+    from gandist.train.loop import Trainer, run_training
+
+    run_dir = tmp_path / "legs"
+    run_training(ring8_config(200), str(run_dir))
+    periodic = [json.loads(line) for line in (run_dir / "eval" / "metrics.jsonl").read_text().splitlines()]
+    ranker = Evaluator(ring8_config(200), str(run_dir))
+    best_before = max(ranker._rank_key(m) for m in periodic)
+    trainer = Trainer(ring8_config(300), str(run_dir))  # resumes from step 200
+    try:
+        assert trainer.step == 200 and trainer.evaluator.best == best_before
+    finally:
+        trainer.close()
+    run_training(ring8_config(300), str(run_dir))
+    # two legs tag the same checkpoint best as the uninterrupted run (exact resume + the best carried over)
+    assert (run_dir / "checkpoints" / "best").read_text() == (ring8_run / "checkpoints" / "best").read_text()
 
 
 def test_eval_of_a_folder_without_checkpoints_is_a_clear_error(tmp_path, capsys):

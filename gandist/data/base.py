@@ -47,14 +47,33 @@ class BatchIterator(ABC):
         """Stop worker processes."""
 
 
+def rank_positions(global_batch: int, rank: int, world_size: int, micro_batches: int = 1) -> torch.Tensor:
+    """Positions in the global batch that `rank` trains on, micro-batch-major.
+
+    Global micro-batch i is always samples [i*B/A, (i+1)*B/A), whatever the world size W; rank r takes the r-th of
+    its W equal parts. Rank-major slicing ([r*B/W, (r+1)*B/W) split into A pieces) would put different samples
+    together in a micro-batch at each world size, and cross-replica BN would then see different batch statistics.
+    """
+    if global_batch % (world_size * micro_batches):
+        from gandist.errors import UserError
+
+        raise UserError(f"train.batch_size {global_batch} is not divisible by world size {world_size} x "
+                        f"optim.accumulation {micro_batches}")
+    micro, part = global_batch // micro_batches, global_batch // (world_size * micro_batches)
+    return torch.cat([torch.arange(i * micro + rank * part, i * micro + (rank + 1) * part)
+                      for i in range(micro_batches)])
+
+
 class DataSource(ABC):
     """Built from the `data` config section."""
 
     info: DataInfo
 
     @abstractmethod
-    def loader(self, rank: int, world_size: int, global_batch: int, seed: int) -> BatchIterator:
-        """This rank's iterator: batches of global_batch // world_size samples."""
+    def loader(self, rank: int, world_size: int, global_batch: int, seed: int,
+               micro_batches: int = 1) -> BatchIterator:
+        """This rank's iterator: batches of global_batch // world_size samples, laid out as `micro_batches`
+        consecutive micro-batches (see rank_positions)."""
 
     def real_samples(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n samples for evaluation (reference statistics)."""

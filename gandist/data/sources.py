@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gandist.data.base import BatchIterator, DataInfo, DataSource
+from gandist.data.base import BatchIterator, DataInfo, DataSource, rank_positions
 from gandist.errors import UserError
 from gandist.objectives.augment import stream_seed
 
@@ -31,22 +31,20 @@ def toy2d_centres(mixture: str) -> tuple[torch.Tensor, float]:
 
 
 class IndexedBatches(BatchIterator):
-    """Global batch k = fn(k, generator seeded by (seed, k)); this rank takes [rank*b, (rank+1)*b)."""
+    """Global batch k = fn(k, generator seeded by (seed, k)); this rank takes its rank_positions of it."""
 
-    def __init__(self, make_global_batch, rank: int, world_size: int, global_batch: int, seed: int):
-        if global_batch % world_size:
-            raise UserError(f"train.batch_size {global_batch} is not divisible by the world size {world_size}")
+    def __init__(self, make_global_batch, rank: int, world_size: int, global_batch: int, seed: int,
+                 micro_batches: int = 1):
+        self.positions = rank_positions(global_batch, rank, world_size, micro_batches)
         self.make_global_batch = make_global_batch
-        self.rank, self.world_size, self.global_batch, self.seed = rank, world_size, global_batch, seed
+        self.global_batch, self.seed = global_batch, seed
         self.draw = 0
 
     def __next__(self):
         generator = torch.Generator().manual_seed(stream_seed(self.seed, "data", self.draw))
         x, y = self.make_global_batch(self.draw, self.global_batch, generator)
         self.draw += 1
-        b = self.global_batch // self.world_size
-        part = slice(self.rank * b, (self.rank + 1) * b)
-        return x[part], (y[part] if y is not None else None)
+        return x[self.positions], (y[self.positions] if y is not None else None)
 
     def state_dict(self) -> dict:
         return {"draw": self.draw}
@@ -62,13 +60,13 @@ class Toy2DSource(DataSource):
         self.centres, self.std = toy2d_centres(cfg.mixture)
         self.info = DataInfo(shape=(2,), num_classes=0, value_range=(-5.0, 5.0))
 
-    def loader(self, rank, world_size, global_batch, seed):
+    def loader(self, rank, world_size, global_batch, seed, micro_batches=1):
         def make(_draw, n, generator):
             idx = torch.randint(len(self.centres), (n,), generator=generator)
             noise = torch.randn(n, 2, generator=generator) * self.std
             return self.centres[idx] + noise, None
 
-        return IndexedBatches(make, rank, world_size, global_batch, seed)
+        return IndexedBatches(make, rank, world_size, global_batch, seed, micro_batches)
 
 
 class _PermutedImages(DataSource):
@@ -93,7 +91,7 @@ class _PermutedImages(DataSource):
     def _load(self, idx: torch.Tensor) -> torch.Tensor:
         return self.images[idx]
 
-    def loader(self, rank, world_size, global_batch, seed):
+    def loader(self, rank, world_size, global_batch, seed, micro_batches=1):
         def make(draw, n, generator):
             idx = self._indices(draw * n, n, seed)
             x = self._load(idx)
@@ -102,7 +100,7 @@ class _PermutedImages(DataSource):
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             return x, (self.labels[idx] if self.labels is not None else None)
 
-        return IndexedBatches(make, rank, world_size, global_batch, seed)
+        return IndexedBatches(make, rank, world_size, global_batch, seed, micro_batches)
 
 
 def load_digits_tensor(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,20 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gandist.data.base import BatchIterator, DataInfo, DataSource
+from gandist.data.base import BatchIterator, DataInfo, DataSource, rank_positions
+from gandist.data.sources import load_digits_tensor
 
 NUM_MODES = 1000
-
-
-def load_digits_images(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1797 8x8 digits as [N, 1, R, R] in [-1, 1] (bilinear upsampling) and labels [N]."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images.astype(np.float32) / 8.0 - 1.0)[:, None]  # pixel values are 0..16
-    if resolution != 8:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False).clamp(-1, 1)
-    return x.contiguous(), torch.from_numpy(digits.target.astype(np.int64))
 
 
 def _seed(seed: int, draw: int) -> int:
@@ -34,23 +24,18 @@ def _seed(seed: int, draw: int) -> int:
 
 
 class _StackedBatches(BatchIterator):
-    """Global batch k from (seed, k); this rank's slice [rank*b, (rank+1)*b)."""
+    """Global batch k from (seed, k); this rank takes its rank_positions of it."""
 
-    def __init__(self, source: "StackedDigitsSource", rank: int, world_size: int, global_batch: int, seed: int):
-        if global_batch % world_size:
-            from gandist.cli import UserError
-
-            raise UserError(f"train.batch_size {global_batch} is not divisible by the world size {world_size}")
-        self.source, self.rank, self.world_size = source, rank, world_size
-        self.global_batch, self.seed, self.draw = global_batch, seed, 0
+    def __init__(self, source: "StackedDigitsSource", rank: int, world_size: int, global_batch: int, seed: int,
+                 micro_batches: int = 1):
+        self.positions = rank_positions(global_batch, rank, world_size, micro_batches)
+        self.source, self.global_batch, self.seed, self.draw = source, global_batch, seed, 0
 
     def __next__(self):
         gen = torch.Generator().manual_seed(_seed(self.seed, self.draw))
         self.draw += 1
         idx = torch.randint(len(self.source.images), (self.global_batch, 3), generator=gen)
-        b = self.global_batch // self.world_size
-        idx = idx[self.rank * b:(self.rank + 1) * b]
-        return self.source.compose(idx)
+        return self.source.compose(idx[self.positions])
 
     def state_dict(self) -> dict:
         return {"draw": self.draw}
@@ -63,7 +48,7 @@ class StackedDigitsSource(DataSource):
     """Three random digits stacked as RGB channels; labels 100*a + 10*b + c (1000 classes)."""
 
     def __init__(self, cfg):
-        self.images, self.digit_labels = load_digits_images(cfg.resolution)
+        self.images, self.digit_labels = load_digits_tensor(cfg.resolution)
         self.info = DataInfo(shape=(3, cfg.resolution, cfg.resolution), num_classes=NUM_MODES)
 
     def compose(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,5 +62,6 @@ class StackedDigitsSource(DataSource):
         freq = np.bincount(self.digit_labels.numpy(), minlength=10) / len(self.digit_labels)
         return np.einsum("a,b,c->abc", freq, freq, freq).reshape(-1)
 
-    def loader(self, rank: int, world_size: int, global_batch: int, seed: int) -> BatchIterator:
-        return _StackedBatches(self, rank, world_size, global_batch, seed)
+    def loader(self, rank: int, world_size: int, global_batch: int, seed: int,
+               micro_batches: int = 1) -> BatchIterator:
+        return _StackedBatches(self, rank, world_size, global_batch, seed, micro_batches)

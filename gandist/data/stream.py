@@ -404,8 +404,10 @@ class WebDatasetSource(DataSource):
                             "check the pattern and data.storage_options, or write shards with `gandist data shards`")
         return expected
 
-    def loader(self, rank: int, world_size: int, global_batch: int, seed: int) -> StreamBatches:
-        """This rank's iterator (starts its DataLoader workers on the first batch)."""
+    def loader(self, rank: int, world_size: int, global_batch: int, seed: int,
+               micro_batches: int = 1) -> StreamBatches:
+        """This rank's iterator (starts its DataLoader workers on the first batch). Shards differ per rank, so the
+        micro-batch layout has nothing to keep invariant: `micro_batches` is accepted and not needed."""
         return StreamBatches(self, rank, world_size, global_batch, seed)
 
     def real_samples(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:

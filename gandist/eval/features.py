@@ -268,9 +268,9 @@ class DigitsNet(nn.Module):
 
 def digits_split(seed: int = 0, held_out: int = 360) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test) of scikit-learn's digits at 16x16 in [-1, 1], a seeded split."""
-    from gandist.data.stacked import load_digits_images
+    from gandist.data.sources import load_digits_tensor
 
-    x, y = load_digits_images(DIGITS_RESOLUTION)
+    x, y = load_digits_tensor(DIGITS_RESOLUTION)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     test, train = perm[:held_out], perm[held_out:]
     return x[train], y[train], x[test], y[test]

@@ -82,7 +82,7 @@ class Trainer:
         # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
         self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
         s.setup(G, D, optim, cfg.optim.accumulation, cfg.optim.grad_clip, cfg.train.amp)
-        self.loader = self.source.loader(s.rank, s.world_size, cfg.train.batch_size, cfg.seed)
+        self.loader = self.source.loader(s.rank, s.world_size, cfg.train.batch_size, cfg.seed, cfg.optim.accumulation)
 
         self.step, self.images_seen = 0, 0
         self.noise_epoch, self.lr_factor, self.r1_factor = 0, 1.0, 1.0
@@ -137,7 +137,9 @@ class Trainer:
     # -- randomness ------------------------------------------------------------------------------------------
     def rand(self, tag: str, micro: int) -> GlobalRandom:
         """World-size-invariant draws for micro-batch `micro` of this rank's part of the global batch."""
-        offset = self.strategy.rank * self.per_rank + micro * self.micro
+        # micro-batch-major, as the data sources lay it out (rank_positions): global micro-batch i is the same
+        # samples and noise whatever the world size
+        offset = micro * (self.cfg.train.batch_size // self.cfg.optim.accumulation) + self.strategy.rank * self.micro
         return GlobalRandom(stream_seed(self.cfg.seed, self.noise_epoch), self.step, tag, offset,
                             self.cfg.train.batch_size, self.strategy.device)
 

@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from gandist.config import load_config
 from gandist.data.sources import build_source, toy2d_centres
+from gandist.errors import UserError
 
 
 def _draws(source, rank, world, batch, n=3):
@@ -19,6 +21,20 @@ def test_global_batch_is_world_size_invariant():
             assert torch.equal(x, one[k][0])
             if one[k][1] is not None:
                 assert torch.equal(torch.cat([halves[0][k][1], halves[1][k][1]]), one[k][1])
+
+
+def test_micro_batches_hold_the_same_samples_at_every_world_size():
+    # global batch 12 in 2 micro-batches: micro-batch i is samples [6i, 6i+6) whether 1, 2 or 3 ranks share it
+    source = build_source(load_config(None, ["data.kind=digits"]).data)
+    whole = next(source.loader(0, 1, 12, seed=7))[0]
+    for world in (1, 2, 3):
+        parts = [next(source.loader(r, world, 12, seed=7, micro_batches=2))[0] for r in range(world)]
+        per = 6 // world
+        for i in range(2):
+            micro = torch.cat([p[i * per:(i + 1) * per] for p in parts])
+            assert torch.equal(micro, whole[6 * i:6 * (i + 1)]), (world, i)
+    with pytest.raises(UserError, match="train.batch_size 12 is not divisible by world size 2 x optim.accumulation 4"):
+        source.loader(0, 2, 12, seed=7, micro_batches=4)
 
 
 def test_toy2d_samples_lie_on_their_modes():

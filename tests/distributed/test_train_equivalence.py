@@ -95,12 +95,14 @@ def test_zero3_matches_single_after_one_step(single_toy, tmp_path):
     assert max(err["G"], err["D"], err["G_ema"]) < 1e-5, err
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
-def test_dcgan_with_cross_replica_bn_matches_single(strategy, tmp_path_factory, tmp_path):
-    single = tmp_path_factory.getbasetemp() / "single_dcgan"
+@pytest.mark.parametrize("strategy,accumulation", [("ddp", 1), ("zero2", 1), ("ddp", 2)])
+def test_dcgan_with_cross_replica_bn_matches_single(strategy, accumulation, tmp_path_factory, tmp_path):
+    # with accumulation, global micro-batch i must hold the same samples at every world size (BN normalizes over it)
+    base = DCGAN + ["--set", f"optim.accumulation={accumulation}"]
+    single = tmp_path_factory.getbasetemp() / f"single_dcgan_acc{accumulation}"
     if not (single / "checkpoints").exists():
-        train(DCGAN, single, steps=2)
-    train(DCGAN, tmp_path / strategy, steps=2, strategy=strategy, nproc=2)
+        train(base, single, steps=2)
+    train(base, tmp_path / strategy, steps=2, strategy=strategy, nproc=2)
     err = worst_relative_error(tmp_path / strategy, single, 2)
     assert max(err["G"], err["D"], err["G_ema"]) < 1e-5, err
     running = gandist.load_run(str(tmp_path / strategy)).G.state_dict()

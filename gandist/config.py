@@ -103,6 +103,9 @@ class CheckpointConfig(Section):
     url: str | None = Field(None, description="fsspec URL for checkpoints (default: RUN_DIR/checkpoints).")
 
 
+DOUBLE_BACKWARD_PENALTIES = ("r1", "gp", "dragan", "path_length")  # their loss holds a gradient (create_graph)
+
+
 class ExperimentConfig(Section):
     """A whole experiment."""
 
@@ -137,6 +140,19 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"augment.pack: {self.augment.pack} does not divide train.batch_size {self.train.batch_size}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _zero3_has_no_double_backward(self) -> "ExperimentConfig":
+        # ZeRO-3 re-partitions each layer's weights after its forward and gathers them again for the first-order
+        # backward only; a gradient penalty differentiates through a gradient (create_graph), and that second
+        # backward finds the weights it saved partitioned (DeepSpeed fails with a size mismatch)
+        twice = [p.kind for p in self.penalties if p.kind in DOUBLE_BACKWARD_PENALTIES]
+        if self.distributed.strategy == "zero3" and twice:
+            raise ValueError(
+                f"penalties: {', '.join(twice)} differentiate(s) twice, which DeepSpeed ZeRO-3 cannot do "
+                "(distributed.strategy=zero3 re-partitions the weights the second backward needs); use "
+                "distributed.strategy=zero2 (gradients and optimizer state partitioned, weights whole) or drop them")
         return self
 
     def to_yaml(self) -> str:

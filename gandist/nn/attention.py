@@ -26,7 +26,9 @@ class SelfAttention(nn.Module):
         for m in (self.theta, self.phi, self.g, self.o):
             if hasattr(m, "sn_eps"):
                 m.sn_eps = sn_eps
-        self.gamma = nn.Parameter(torch.zeros(()))
+        # shape [1], not a 0-dim scalar: DeepSpeed's engine views every parameter as bytes to broadcast it, which
+        # a 0-dim tensor refuses (zero1/2/3 would not start)
+        self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape

@@ -51,7 +51,7 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", fir_kernel(), persistent=False)
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
-            self.noise_strength = nn.Parameter(torch.zeros([]))
+            self.noise_strength = nn.Parameter(torch.zeros(1))  # [1], not 0-dim: DeepSpeed refuses 0-dim params
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", impl: str = "grouped"):
         styles = self.affine(w)

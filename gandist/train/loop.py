@@ -218,7 +218,9 @@ class Trainer:
                             term = p.loss(ctx) * p.every * (self.r1_factor if p.name == "r1" else 1.0)
                             sig.losses[f"{net}/{p.name}"] = float(term.detach()) / p.every
                             loss = loss + term
-                s.backward(loss, net, last_micro=i == n - 1)
+                    # inside the gathered context: under ZeRO-3 the graph holds the gathered weights, which the
+                    # backward needs whole
+                    s.backward(loss, net, last_micro=i == n - 1)
         self._record_step(sig, f"{net}reg", s.step(net))
 
     def g_phase(self, real, real_y, sig: Signals) -> None:
@@ -407,20 +409,23 @@ class Trainer:
         self.event({"event": "end", **summary})
         return summary
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
         for sink in self.sinks:
             sink.close()
         self.metrics_log.close()
         self.events_log.close()
         self.loader.close()
-        self.strategy.close()
+        self.strategy.close(clean)
 
 
 def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None) -> dict:
     """Train `cfg` in `run_dir` (resuming when it holds a checkpoint); returns the run summary."""
     trainer = Trainer(cfg, run_dir, force=force, reporter=reporter)
+    clean = False
     try:
-        return trainer.run()
+        summary = trainer.run()
+        clean = True
+        return summary
     except Exception as err:
         if type(err).__name__ in ("WatchdogGaveUp", "WatchdogStop"):
             report = getattr(err, "report", str(err))
@@ -431,4 +436,4 @@ def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None) -> di
                     f.write(report + "\n")
         raise
     finally:
-        trainer.close()
+        trainer.close(clean)

@@ -147,8 +147,8 @@ class Strategy(ABC):
     def load_state_dict(self, shared: dict, per_rank: dict | None) -> None:
         """Restore from state_dict()'s output, possibly written by another strategy or world size."""
 
-    def close(self) -> None:
-        """Release process groups and engines."""
+    def close(self, clean: bool = True) -> None:
+        """Release process groups and engines; `clean` is False when the run is failing (no waiting for peers)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -118,14 +118,14 @@ def _worker(rank: int, world: int, port: int, strategy_name: str, args, queue) -
     from gandist.strategies.base import OptimSetup
 
     cfg = load_config(None, [f"model.arch={args.arch}", f"distributed.strategy={strategy_name}",
-                             f"train.batch_size={args.batch}", "train.device=cpu"])
+                             f"train.batch_size={args.batch}", "train.device=cpu", f"train.amp={args.amp}"])
     info = DataInfo((768,) if args.standin else (3, args.resolution, args.resolution),
                     0 if args.standin else args.classes, (-1.0, 1.0))
     torch.manual_seed(0)
     G, D = build_nets(args, cfg, info)
     s = build_strategy(cfg)
     adam = OptimSetup(1e-4, (0.0, 0.999), 1e-8, 0.0)
-    s.setup(G, D, {"G": adam, "D": adam}, 1, 0.0, "off")
+    s.setup(G, D, {"G": adam, "D": adam}, 1, 0.0, args.amp)
     n = args.batch // world
     grads = {}
     times = []
@@ -136,14 +136,15 @@ def _worker(rank: int, world: int, port: int, strategy_name: str, args, queue) -
         y = torch.randint(0, info.num_classes, (n,), generator=gen) if info.num_classes else None
         real = torch.rand(n, *info.shape, generator=gen) * 2 - 1
         with s.phase("D"):
-            with torch.no_grad():
+            with torch.no_grad(), s.autocast():
                 fake = s.net("G")(z, y)
-            loss = F.relu(1 - s.net("D")(real, y)).mean() + F.relu(1 + s.net("D")(fake, y)).mean()
+            with s.autocast():
+                loss = F.relu(1 - s.net("D")(real, y)).float().mean() + F.relu(1 + s.net("D")(fake, y)).float().mean()
             s.backward(loss, "D")
             grads["D"] = storage_bytes(grad_tensors(s, "D"))
         s.step("D")
-        with s.phase("G"):
-            loss = -s.net("D")(s.net("G")(z, y), y).mean()
+        with s.phase("G"), s.autocast():
+            loss = -s.net("D")(s.net("G")(z, y), y).float().mean()
             s.backward(loss, "G")
             grads["G"] = storage_bytes(grad_tensors(s, "G"))
         s.step("G")
@@ -155,8 +156,7 @@ def _worker(rank: int, world: int, port: int, strategy_name: str, args, queue) -
         "step_s": sum(times[1:]) / max(len(times) - 1, 1),
         "num_params": sum(int(getattr(p, "ds_numel", p.numel())) for k in ("G", "D") for p in s.module(k).parameters()),
     }
-    if rank == 0:
-        queue.put(result)
+    queue.put((rank, result))
     s.close()
 
 
@@ -170,7 +170,12 @@ def measure(strategy: str, args) -> dict:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     mp.start_processes(_worker, args=(2, port, strategy, args, queue), nprocs=2, join=True, start_method="spawn")
-    return queue.get(timeout=60)
+    ranks = dict(queue.get(timeout=60) for _ in range(2))
+    # per-rank bytes of the rank that holds the most: ZeRO's partitions are not equal (a tensor that straddles a
+    # partition boundary is held whole by both ranks' gradient buffers)
+    worst = max(ranks, key=lambda r: ranks[r]["grads"] + ranks[r]["optim"])
+    return {**ranks[worst], "rank": worst, "per_rank_grad_optim": [ranks[r]["grads"] + ranks[r]["optim"]
+                                                                   for r in sorted(ranks)]}
 
 
 def main() -> None:
@@ -184,14 +189,16 @@ def main() -> None:
     parser.add_argument("--standin", action="store_true",
                         help="MLPs with BigGAN-128's parameter counts (G 70.4M, D 88.0M) instead of the real "
                              "model: the same bytes at a fraction of the compute (for small CPU machines)")
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off",
+                        help="train.amp: bf16 runs ddp under autocast and ZeRO with bf16 weights and fp32 gradients")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     rows = {name: measure(name, args) for name in args.strategies.split(",")}
     base = rows.get("ddp")
     gib = 2**30
     model = "stand-in MLPs" if args.standin else f"{args.arch} {args.resolution}px"
-    print(f"{model}, {next(iter(rows.values()))['num_params'] / 1e6:.1f}M parameters, "
-          "world size 2, per-rank bytes measured from the strategies' tensors")
+    print(f"{model}, {next(iter(rows.values()))['num_params'] / 1e6:.1f}M parameters, train.amp={args.amp}, "
+          "world size 2, per-rank bytes measured from the strategies' tensors (the fuller rank)")
     print(f"{'strategy':9} {'params GiB':>10} {'grads GiB':>10} {'optim GiB':>10} {'grad+optim':>11} "
           f"{'vs ddp':>7} {'step s':>8} {'vs ddp':>7}")
     for name, r in rows.items():

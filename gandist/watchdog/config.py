@@ -40,8 +40,12 @@ class SpikeConfig(Section):
 
     enabled: bool = Field(True, description="Run the spike detector.")
     signals: list[str] = Field(
-        default_factory=lambda: ["loss/*", "grad_norm/*"],
-        description="Signal names (fnmatch patterns) watched: loss/<key>, grad_norm/<net>, gap, d_real, d_fake.",
+        # not the regularizer terms (loss/D/r1, ...): near equilibrium they are ~1e-4 and double from step to step
+        # (a 16k-step ring8 run gave up at step 13940 on loss/D/r1 while improving); the total D and G losses
+        # include them, and grad_norm/* sees a regularizer that really blows up
+        default_factory=lambda: ["loss/D", "loss/G", "grad_norm/*"],
+        description="Signal names (fnmatch patterns) watched: loss/<key> (loss/D/r1 for a regularizer), "
+        "grad_norm/<net>, gap, d_real, d_fake.",
     )
     log_scale: list[str] = Field(
         default_factory=lambda: ["grad_norm/*"],

@@ -60,6 +60,18 @@ def test_spike_detector_is_quiet_on_heavy_tailed_noise():
     assert sum(v is not None for v in verdicts) < 10  # isolated warnings at most
 
 
+def test_regularizer_terms_are_not_spike_watched_by_default():
+    # a converged R1 term jitters around 1e-4 by factors of 2-10: not a divergence (the D loss includes it)
+    det = SpikeDetector(SpikeConfig())
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        r1 = 1e-4 * (1.0 if i < 200 else 20.0) * rng.lognormal(0, 0.3)
+        assert det.check(i, {"loss/D/r1": r1, "loss/D": 1.38 + 0.01 * rng.standard_normal()}) is None
+    watched = SpikeDetector(SpikeConfig(signals=["loss/*"]))  # still available on request
+    verdicts = [watched.check(i, {"loss/D/r1": 1e-4 * (1.0 if i < 200 else 20.0)}) for i in range(210)]
+    assert verdicts[-1] is not None and verdicts[-1].verdict == DIVERGED
+
+
 def test_sustained_spike_diverges_after_patience_steps():
     cfg = SpikeConfig(patience=5)
     det = SpikeDetector(cfg)

@@ -33,6 +33,22 @@ def packed_info(info: DataInfo, pack: int) -> DataInfo:
     return dataclasses.replace(info, shape=shape)
 
 
+def conditional_classes(cfg, info: DataInfo) -> int:
+    """Classes G and D are conditioned on: the data's when model.conditional, else 0; model.num_classes, when
+    given, must agree with the data."""
+    if getattr(cfg, "num_classes", None) is not None and cfg.conditional and cfg.num_classes != info.num_classes:
+        raise ValueError(f"model.num_classes is {cfg.num_classes} but the data has {info.num_classes} classes; "
+                         f"fix model.num_classes (or data.num_classes), or remove it to use the data's")
+    return info.num_classes if cfg.conditional else 0
+
+
+def small_image_pair_dims(cfg, info: DataInfo, ctx: BuildContext) -> tuple[int, int, int, int]:
+    """(classes, channels, resolution, D's input channels under PacGAN) for the small image nets (dcgan, resnet)."""
+    if not info.is_image:
+        raise ValueError(f"model.arch={cfg.arch} needs image data (data.kind digits, folder or webdataset)")
+    return (conditional_classes(cfg, info), info.shape[0], info.shape[1], packed_info(info, ctx.pack).shape[0])
+
+
 def count_params(module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gandist.data.base import DataInfo
-from gandist.models.base import BuildContext, packed_info
+from gandist.models.base import BuildContext, conditional_classes, packed_info
 from gandist.nn.attention import SelfAttention
 from gandist.nn.conditional_bn import ConditionalBatchNorm2d, PlainBatchNorm2d
 from gandist.nn.cross_replica_bn import batch_norm
@@ -270,14 +270,7 @@ def check_config(cfg, info: DataInfo) -> int:
         bad = [r for r in res_list if r not in have]
         if bad:
             raise ValueError(f"model.{key}: {bad} is not a resolution of a {res} px {cfg.arch}; choose from {have}")
-    return _class_count(cfg, info)
-
-
-def _class_count(cfg, info: DataInfo) -> int:
-    if cfg.num_classes is not None and cfg.conditional and cfg.num_classes != info.num_classes:
-        raise ValueError(f"model.num_classes is {cfg.num_classes} but the data has {info.num_classes} classes; "
-                         f"fix model.num_classes (or data.num_classes), or remove it to use the data's")
-    return info.num_classes if cfg.conditional else 0
+    return conditional_classes(cfg, info)
 
 
 def build(cfg, info: DataInfo, ctx: BuildContext) -> tuple[nn.Module, nn.Module]:

@@ -35,7 +35,7 @@ class DCGANConfig(_ArchBase):
 
 
 class ResNetConfig(_ArchBase):
-    """SNGAN-style ResNet pair for 16-64 px images (conditional BN in G, projection D)."""
+    """SNGAN-style ResNet pair for 16-64 px images (G conditioned by a class embedding added to z, projection D)."""
 
     arch: Literal["resnet"] = "resnet"
     ch: int = Field(64, gt=0, description="Channels of every residual block.")

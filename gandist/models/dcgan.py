@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from gandist.models.base import BuildContext, packed_info
+from gandist.models.base import BuildContext, small_image_pair_dims
 from gandist.nn.cross_replica_bn import batch_norm
 from gandist.nn.spectral_norm import conv2d, embedding, linear
 
@@ -74,10 +74,6 @@ class DCGANDiscriminator(nn.Module):
 
 def build(cfg, info, ctx: BuildContext):
     """DCGAN pair for images of shape (C, R, R)."""
-    if not info.is_image:
-        raise ValueError("model.arch=dcgan needs image data (data.kind digits, folder or webdataset)")
-    classes = info.num_classes if cfg.conditional else 0
-    c, res = info.shape[0], info.shape[1]
-    d_channels = packed_info(info, ctx.pack).shape[0]
+    classes, c, res, d_channels = small_image_pair_dims(cfg, info, ctx)
     return (DCGANGenerator(cfg.z_dim, cfg.ch, res, c, classes, ctx.bn_process_group),
             DCGANDiscriminator(cfg.ch, res, d_channels, classes if ctx.pack == 1 else 0, cfg.spectral_norm))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gandist.data.base import DataInfo
-from gandist.models.base import BuildContext, packed_info
+from gandist.models.base import BuildContext, conditional_classes, packed_info
 from gandist.nn.equalized import EqualizedConv2d, EqualizedLinear, MinibatchStd, fir_kernel, normalize_2nd_moment, \
     upsample2d
 from gandist.nn.modulated_conv import SynthesisLayer, ToRGBLayer
@@ -231,10 +231,7 @@ def check_config(cfg, info: DataInfo) -> int:
     if res < MIN_RESOLUTION or res & (res - 1):
         raise ValueError(f"model.arch stylegan2 needs a power-of-two resolution >= {MIN_RESOLUTION}, the data gives "
                          f"{res} px; set data.resolution to e.g. 16, 32, 256 or 1024")
-    if cfg.num_classes is not None and cfg.conditional and cfg.num_classes != info.num_classes:
-        raise ValueError(f"model.num_classes is {cfg.num_classes} but the data has {info.num_classes} classes; "
-                         f"fix model.num_classes (or data.num_classes), or remove it to use the data's")
-    return info.num_classes if cfg.conditional else 0
+    return conditional_classes(cfg, info)
 
 
 def build(cfg, info: DataInfo, ctx: BuildContext) -> tuple[nn.Module, nn.Module]:

@@ -5,7 +5,9 @@
 
 "on" trains the config as written (configs/<name>.yaml: R1 + PacGAN + EMA for the toys; hinge + SN + R1 + EMA for
 stacked digits). "off" is the plain GAN of the same nets: no penalties, no packing, no EMA, no spectral norm.
-Each run ends with a fresh evaluation of its final generator (eval.num samples) and prints a side-by-side table.
+Each run keeps the config's periodic evaluation, restricted to the cheap mode-coverage metric (the trajectory is in
+RUN_DIR/eval/metrics.jsonl), ends with a fresh evaluation of its final generator (eval.num samples) and prints a
+side-by-side table.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None) -> di
     from gandist.eval.periodic import Evaluator
     from gandist.train.loop import run_training
 
-    overrides = ["telemetry.progress=false", "eval.every=0"] + ([] if stabilized else STABILIZATION_OFF)
+    overrides = ["telemetry.progress=false", "eval.metrics=[modes]"] + ([] if stabilized else STABILIZATION_OFF)
     if steps:
         overrides.append(f"train.steps={steps}")
     cfg = load_config(ROOT / BENCHES[name]["config"], overrides)
@@ -49,8 +51,14 @@ def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None) -> di
     run = load_run(str(run_dir))
     G = run.G_ema if run.G_ema is not None else run.G
     metrics = Evaluator(run.config, str(run_dir), metrics=["modes"]).evaluate(G)
+    trajectory = []
+    history = run_dir / "eval" / "metrics.jsonl"
+    if history.exists():
+        for line in history.read_text().splitlines():
+            rec = json.loads(line)
+            trajectory.append({k: rec[k] for k in ("step", "modes", "high_quality", "reverse_kl") if k in rec})
     return {"bench": name, "stabilization": "on" if stabilized else "off", "steps": run.step,
-            "train_seconds": round(train_seconds, 1), **metrics}
+            "train_seconds": round(train_seconds, 1), **metrics, "trajectory": trajectory}
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -69,6 +77,7 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(BENCHES), action="append", help="run only these benchmarks")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps of every run")
     parser.add_argument("--no-off", action="store_true", help="skip the stabilization-off runs")
+    parser.add_argument("--no-on", action="store_true", help="skip the stabilization-on runs")
     parser.add_argument("--work-dir", default="runs/bench_modes", help="run directories go here")
     parser.add_argument("--out", default=None, help="also write the results as JSON")
     args = parser.parse_args()
@@ -76,9 +85,12 @@ def main() -> int:
     out_dir = Path(args.work_dir)
     rows = []
     for name in args.only or list(BENCHES):
-        for stabilized in (True,) if args.no_off else (True, False):
+        for stabilized in [s for s in (True, False) if not (args.no_on if s else args.no_off)]:
             rows.append(run_one(name, stabilized, out_dir, args.steps))
             print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+            print("    periodic eval (step: modes, high q.): " + ", ".join(
+                f"{t['step']}: {t['modes']}" + (f" {t['high_quality']:.3f}" if "high_quality" in t else "")
+                for t in rows[-1]["trajectory"]), flush=True)
     print()
     print(format_rows(rows))
     for name in dict.fromkeys(r["bench"] for r in rows):

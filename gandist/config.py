@@ -56,6 +56,9 @@ class OptimConfig(Section):
     d_steps: int = Field(1, ge=1, description="D steps per G step.")
     accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     grad_clip: float = Field(0.0, ge=0, description="Clip each net's gradient norm to this (0: off).")
+    lr_decay_start: float = Field(
+        1.0, gt=0, le=1, description="Fraction of train.steps after which both learning rates decay linearly "
+        "towards 0 at train.steps (1: constant). Annealing sharpens a converged G (toy mode benchmarks).")
 
 
 class EMAConfig(Section):

@@ -256,6 +256,17 @@ class Trainer:
         sig.nonfinite += stats.nonfinite
 
     # -- one G step ------------------------------------------------------------------------------------------
+    def lr_decay(self, step: int) -> float:
+        """Learning-rate multiplier of optim.lr_decay_start: 1 until that fraction of train.steps, then linear to 0."""
+        steps, start = self.cfg.train.steps, self.cfg.optim.lr_decay_start * self.cfg.train.steps
+        return 1.0 if step < start else (steps - step) / (steps - start)
+
+    def apply_lr_decay(self) -> None:
+        """Set both learning rates for this step (on top of the watchdog's lr_factor), once the decay has begun."""
+        if self.cfg.optim.lr_decay_start < 1 and self.lr_decay(self.step) < 1:
+            for net in ("G", "D"):
+                self.strategy.set_lr_scale(net, self.lr_factor * self.lr_decay(self.step))
+
     def train_step(self) -> Signals:
         s, cfg = self.strategy, self.cfg
         torch.manual_seed(stream_seed(cfg.seed, self.noise_epoch, self.step, s.rank))  # model-internal noise
@@ -370,6 +381,7 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 t0 = time.perf_counter()
+                self.apply_lr_decay()
                 sig = self.train_step()
                 self.check_health(sig)
                 self.publish(sig, time.perf_counter() - t0)

@@ -10,10 +10,15 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+import pytest  # noqa: E402
+
+
+# tryfirst: xdist's own collection hook turns xdist_group marks into the @group node-id suffix that --dist loadgroup
+# schedules by; run after it (hooks registered later run first), the marks were ignored and both workers started a
+# Ray cluster, whose dashboard agents then fought over Ray's default agent port
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Tests that start a Ray cluster run one after another in one xdist worker (Ray's ports are global)."""
-    import pytest
-
     for item in items:
         if f"{os.sep}orchestrate{os.sep}" in str(item.fspath):
             item.add_marker(pytest.mark.xdist_group("ray"))

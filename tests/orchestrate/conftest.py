@@ -46,7 +46,11 @@ def ray_cluster(tmp_path_factory):
     gcs, dash = free_port(), free_port()
     cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--dashboard-port", str(dash),
            "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1", "--num-cpus", "4", "--num-gpus", "0",
-           "--disable-usage-stats", "--temp-dir", str(temp_dir), "--ray-client-server-port", str(free_port())]
+           "--disable-usage-stats", "--temp-dir", str(temp_dir), "--ray-client-server-port", str(free_port()),
+           # Ray's fixed default ports (agent 52365, ...) would collide with any other Ray on the machine: a second
+           # cluster's job agent failed to bind and every submission was refused with "No available agent"
+           "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+           "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
     # jobs run `python -m gandist...` as on a real cluster, where the environment with gandist is on PATH
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1",
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 
 
 # tryfirst: xdist's own collection hook turns xdist_group marks into the @group node-id suffix that --dist loadgroup
-# schedules by; run after it (hooks registered later run first), the marks were ignored and both workers started a
-# Ray cluster, whose dashboard agents then fought over Ray's default agent port
+# schedules by, so the mark must be there before it runs. Even so, CI logs still show one Ray cluster per xdist
+# worker; the Ray fixture therefore puts every port on a free one, so two clusters on one machine do not collide
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Tests that start a Ray cluster run one after another in one xdist worker (Ray's ports are global)."""

@@ -11,6 +11,8 @@ from typing import Iterator
 
 import torch
 
+from gandist.errors import UserError
+
 
 @dataclass(frozen=True)
 class DataInfo:
@@ -55,8 +57,6 @@ def rank_positions(global_batch: int, rank: int, world_size: int, micro_batches:
     together in a micro-batch at each world size, and cross-replica BN would then see different batch statistics.
     """
     if global_batch % (world_size * micro_batches):
-        from gandist.errors import UserError
-
         raise UserError(f"train.batch_size {global_batch} is not divisible by world size {world_size} x "
                         f"optim.accumulation {micro_batches}")
     micro, part = global_batch // micro_batches, global_batch // (world_size * micro_batches)

@@ -213,14 +213,10 @@ class DistributedBase:
         return out
 
     def autocast(self):
-        """bf16 autocast when train.amp is bf16 (fp16: CUDA only), else a no-op context."""
-        import contextlib
+        """The same torch.autocast as SingleStrategy (ZeRO too: its engines keep fp32 weights)."""
+        from gandist.strategies.single import autocast_context
 
-        amp = self.cfg.train.amp
-        if amp == "off":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast_context(self.device, self.cfg.train.amp)
 
     def close(self, clean: bool = True) -> None:
         """Destroy the process group if we created it (after a barrier when the run ended cleanly)."""

@@ -172,12 +172,6 @@ class ZeroStrategy(DistributedBase, Strategy):
         self.base_lr = {n: optim[n].lr for n in NETS}
         self.lr_scale = {n: 1.0 for n in NETS}
 
-    def autocast(self):
-        """The same mixed precision as single and ddp: torch.autocast around forwards, fp32 everywhere else."""
-        from gandist.strategies.single import autocast_context
-
-        return autocast_context(self.device, self.amp)
-
     def net(self, name: str):
         """The DeepSpeed engine (ZeRO-3 gathers parameters around its forward)."""
         return self.engines[name]
@@ -230,13 +224,12 @@ class ZeroStrategy(DistributedBase, Strategy):
         sums = sums.to(self.device)
         self.all_reduce(sums)
         sums = sums.cpu()
-        scale = float(getattr(self.engines[name].optimizer, "loss_scale", 1.0) or 1.0) if self.amp == "fp16" else 1.0
         norms: dict[str, float] = {}
         nonfinite = 0
         for i, n in enumerate(names):
             bad = int(sums[2 * i + 1])
             nonfinite += bad
-            norms[n] = float("nan") if bad else float(sums[2 * i]) ** 0.5 / scale
+            norms[n] = float("nan") if bad else float(sums[2 * i]) ** 0.5  # no loss scaling: fp16 is refused
         total = sum(v * v for v in norms.values()) ** 0.5
         return StepStats(grad_norm=total, layer_grad_norms=norms, nonfinite=nonfinite)
 

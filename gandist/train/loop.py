@@ -62,7 +62,7 @@ class Trainer:
                 f"train.batch_size {cfg.train.batch_size} must divide into world size {s.world_size} x "
                 f"optim.accumulation {cfg.optim.accumulation} micro-batches; pick a multiple of "
                 f"{s.world_size * cfg.optim.accumulation}")
-        self.per_rank, self.micro = per_rank, per_rank // cfg.optim.accumulation
+        self.micro = per_rank // cfg.optim.accumulation
         if self.is_main:
             prepare_run_dir(cfg, run_dir, force)
         s.barrier()
@@ -263,9 +263,10 @@ class Trainer:
 
     def apply_lr_decay(self) -> None:
         """Set both learning rates for this step (on top of the watchdog's lr_factor), once the decay has begun."""
-        if self.cfg.optim.lr_decay_start < 1 and self.lr_decay(self.step) < 1:
+        decay = self.lr_decay(self.step)
+        if decay < 1:
             for net in ("G", "D"):
-                self.strategy.set_lr_scale(net, self.lr_factor * self.lr_decay(self.step))
+                self.strategy.set_lr_scale(net, self.lr_factor * decay)
 
     def train_step(self) -> Signals:
         s, cfg = self.strategy, self.cfg

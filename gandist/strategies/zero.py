@@ -242,10 +242,11 @@ class ZeroStrategy(DistributedBase, Strategy):
         mapping = getattr(p, "_hp_mapping", None)
         if mapping is None:
             return None
+        # ZeRO-1/2 in fp32 (the only mode gandist enables) keep just this rank's fragment of each gradient
         frag = mapping.get_lp_grad_fragment(p._index_in_param_group).reshape(-1)
-        address = mapping.lp_fragment_address
-        if frag.numel() == p.numel() and address.numel != p.numel():  # bf16 keeps the full buffer per rank
-            frag = frag.narrow(0, address.start, address.numel)
+        if frag.numel() != mapping.lp_fragment_address.numel:
+            raise RuntimeError(f"DeepSpeed returned a gradient fragment of {frag.numel()} values for a partition of "
+                               f"{mapping.lp_fragment_address.numel}: unsupported DeepSpeed optimizer mode")
         return frag
 
     def step(self, name: str) -> StepStats:

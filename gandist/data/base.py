@@ -59,9 +59,15 @@ def rank_positions(global_batch: int, rank: int, world_size: int, micro_batches:
     if global_batch % (world_size * micro_batches):
         raise UserError(f"train.batch_size {global_batch} is not divisible by world size {world_size} x "
                         f"optim.accumulation {micro_batches}")
-    micro, part = global_batch // micro_batches, global_batch // (world_size * micro_batches)
-    return torch.cat([torch.arange(i * micro + rank * part, i * micro + (rank + 1) * part)
-                      for i in range(micro_batches)])
+    part = global_batch // (world_size * micro_batches)
+    return torch.cat([torch.arange(start, start + part) for start in
+                      (micro_batch_start(global_batch, rank, world_size, micro_batches, i) for i in range(micro_batches))])
+
+
+def micro_batch_start(global_batch: int, rank: int, world_size: int, micro_batches: int, micro: int) -> int:
+    """Position in the global batch of the first sample of `rank`'s micro-batch `micro` (the layout above; the
+    loop's latent noise uses it too, so that samples and their noise stay together at every world size)."""
+    return micro * (global_batch // micro_batches) + rank * (global_batch // (world_size * micro_batches))
 
 
 class DataSource(ABC):
@@ -82,3 +88,4 @@ class DataSource(ABC):
             return next(it)
         finally:
             it.close()
+

@@ -13,6 +13,7 @@ from contextlib import nullcontext
 
 import torch
 
+from gandist.data.base import micro_batch_start
 from gandist.data.sources import build_source
 from gandist.errors import UserError
 from gandist.models.base import BuildContext
@@ -137,9 +138,10 @@ class Trainer:
     # -- randomness ------------------------------------------------------------------------------------------
     def rand(self, tag: str, micro: int) -> GlobalRandom:
         """World-size-invariant draws for micro-batch `micro` of this rank's part of the global batch."""
-        # micro-batch-major, as the data sources lay it out (rank_positions): global micro-batch i is the same
-        # samples and noise whatever the world size
-        offset = micro * (self.cfg.train.batch_size // self.cfg.optim.accumulation) + self.strategy.rank * self.micro
+        # micro-batch-major, as the data sources lay it out: global micro-batch i is the same samples and noise
+        # whatever the world size
+        offset = micro_batch_start(self.cfg.train.batch_size, self.strategy.rank, self.strategy.world_size,
+                                   self.cfg.optim.accumulation, micro)
         return GlobalRandom(stream_seed(self.cfg.seed, self.noise_epoch), self.step, tag, offset,
                             self.cfg.train.batch_size, self.strategy.device)
 

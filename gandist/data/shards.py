@@ -18,13 +18,13 @@ from typing import Iterator
 
 import numpy as np
 
+from gandist.data.folders import IMAGE_SUFFIXES, list_image_folder
 from gandist.errors import UserError
 
 log = logging.getLogger("gandist.data")
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "gandist-shards/1"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 @dataclass
@@ -87,13 +87,7 @@ def npz_samples(path: Path) -> tuple[Iterator[Sample], list[str], int]:
 
 def folder_samples(root: Path) -> tuple[Iterator[Sample], list[str], int]:
     """Images under `root`; class = sub-folder (sorted names), or unlabelled when images lie directly in it."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files: list[tuple[Path, int]] = []
-    if classes:
-        for label, name in enumerate(classes):
-            files += [(f, label) for f in sorted((root / name).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-    else:
-        files = [(f, -1) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    files, classes = list_image_folder(root, unlabelled=-1)
     if not files:
         raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found; give a folder of images")
 

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from gandist.data.base import BatchIterator, DataInfo, DataSource, rank_positions
+from gandist.data.folders import IMAGE_SUFFIXES, list_image_folder
 from gandist.errors import UserError
 from gandist.objectives.augment import stream_seed
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 def toy2d_centres(mixture: str) -> tuple[torch.Tensor, float]:
@@ -131,13 +131,7 @@ class FolderSource(_PermutedImages):
         root = Path(cfg.path).expanduser()
         if not root.is_dir():
             raise UserError(f"data.path: folder {str(root)!r} not found (give a folder of images, class = sub-folder)")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        files: list[tuple[Path, int]] = []
-        if classes:
-            for label, name in enumerate(classes):
-                files += [(f, label) for f in sorted((root / name).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-        else:
-            files = [(f, 0) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files, classes = list_image_folder(root, unlabelled=0)
         if not files:
             raise UserError(f"data.path: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {str(root)!r}")
         self.files = [f for f, _ in files]

@@ -14,11 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from shardkit import indexed_images
-
-# Fake credentials with a distinctive spelling, so a test can grep run dirs for them.
-FAKE_KEY_ID = "GANDISTFAKEKEYID0042"
-FAKE_SECRET = "gandistFakeSecret/DoNotLog+0042"
+from shardkit import FAKE_KEY_ID, FAKE_SECRET, indexed_images
 
 
 def free_port() -> int:

@@ -1,7 +1,11 @@
-"""Helpers of the data tests: images that spell their own index."""
+"""Helpers of the data tests: images that spell their own index, and the fake S3 credentials."""
 from __future__ import annotations
 
 import numpy as np
+
+# The moto S3 server's credentials: fake, and spelt distinctively so that a test can grep run dirs and logs for them
+FAKE_KEY_ID = "GANDISTFAKEKEYID0042"
+FAKE_SECRET = "gandistFakeSecret/DoNotLog+0042"
 
 
 def indexed_images(n: int) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAKE_KEY_ID, FAKE_SECRET
+from shardkit import FAKE_KEY_ID, FAKE_SECRET
 
 from gandist.cli import main
 

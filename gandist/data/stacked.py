@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gandist.data.base import BatchIterator, DataInfo, DataSource, rank_positions
 from gandist.data.sources import load_digits_tensor

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from gandist.errors import UserError
+
 NETS = ("G", "D")
 
 
@@ -182,6 +184,43 @@ def load_adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module,
             st = optimizer.state.get(p)
             if st and "step" in st and not torch.is_tensor(st["step"]):
                 st["step"] = torch.tensor(float(st["step"]))
+
+
+class TorchOptimizerState:
+    """state_dict/load_state_dict of the strategies that keep whole modules and torch optimizers on every rank
+    (single, ddp): full weights and by-name Adam state, all shared, nothing per rank. Needs `modules`,
+    `optimizers` and `scalers` dicts keyed by net, `lr_scale` and `set_lr_scale`."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    scalers: dict[str, Any]
+    lr_scale: dict[str, float]
+
+    def state_dict(self) -> tuple[dict, dict]:
+        shared: dict[str, Any] = {
+            n: {k: v.detach().cpu().clone() for k, v in self.modules[n].state_dict().items()} for n in NETS
+        }
+        shared["optim"] = {n: adam_state_by_name(self.optimizers[n], self.modules[n]) for n in NETS}
+        shared["lr_scale"] = dict(self.lr_scale)
+        shared["scalers"] = {n: (s.state_dict() if s else None) for n, s in self.scalers.items()}
+        return shared, {}
+
+    def load_state_dict(self, shared: dict, per_rank: dict | None) -> None:
+        """Load weights and by-name Adam state written by any strategy at any world size."""
+        for n in NETS:
+            try:
+                self.modules[n].load_state_dict(shared[n])
+            except RuntimeError as err:
+                first = str(err).strip().splitlines()[0]
+                raise UserError(f"checkpoint holds a different {n} than this config builds ({first})") from None
+            try:
+                load_adam_state_by_name(self.optimizers[n], self.modules[n], shared["optim"][n])
+            except KeyError as err:
+                raise UserError(str(err.args[0])) from None
+            self.set_lr_scale(n, shared.get("lr_scale", {}).get(n, 1.0))
+            state = shared.get("scalers", {}).get(n)
+            if state and self.scalers[n]:
+                self.scalers[n].load_state_dict(state)
 
 
 def build_adam(params, setup: OptimSetup) -> torch.optim.Optimizer:

@@ -19,13 +19,12 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from gandist.errors import UserError
-from gandist.strategies.base import (NETS, OptimSetup, StepStats, Strategy, adam_state_by_name, build_adam,
-                                     layer_grad_norms, load_adam_state_by_name)
+from gandist.strategies.base import (NETS, OptimSetup, StepStats, Strategy, TorchOptimizerState, build_adam,
+                                     layer_grad_norms)
 from gandist.strategies.dist_env import DistributedBase, broadcast_module
 
 
-class DDPStrategy(DistributedBase, Strategy):
+class DDPStrategy(TorchOptimizerState, DistributedBase, Strategy):
     """Data-parallel G and D with plain torch Adam on every rank (`distributed.strategy: ddp`)."""
 
     def __init__(self, cfg) -> None:
@@ -39,7 +38,7 @@ class DDPStrategy(DistributedBase, Strategy):
         self._remember_trainable(G, D)
         for module in (G, D):
             broadcast_module(module, self.env, params=True)
-        self.optims = {n: build_adam(self.trainable[n], optim[n]) for n in NETS}
+        self.optimizers = {n: build_adam(self.trainable[n], optim[n]) for n in NETS}
         self.base_lr = {n: optim[n].lr for n in NETS}
         self.lr_scale = {n: 1.0 for n in NETS}
         use_scaler = amp == "fp16" and self.device.type == "cuda"
@@ -73,7 +72,7 @@ class DDPStrategy(DistributedBase, Strategy):
     def step(self, name: str) -> StepStats:
         """All-reduce (mean) the phase's gradients, measure them, clip, Adam step, zero grads, sync buffers."""
         self._average_gradients(name)
-        optimizer, scaler, module = self.optims[name], self.scalers[name], self.modules[name]
+        optimizer, scaler, module = self.optimizers[name], self.scalers[name], self.modules[name]
         if scaler is not None:
             scaler.unscale_(optimizer)
         total, norms, nonfinite = layer_grad_norms(module)
@@ -93,34 +92,8 @@ class DDPStrategy(DistributedBase, Strategy):
 
     def zero_grad(self, name: str) -> None:
         """Drop accumulated gradients of `name`."""
-        self.optims[name].zero_grad(set_to_none=True)
+        self.optimizers[name].zero_grad(set_to_none=True)
 
     def _param_groups(self, name: str) -> list[dict]:
-        return self.optims[name].param_groups
+        return self.optimizers[name].param_groups
 
-    def state_dict(self) -> tuple[dict, dict]:
-        """Full weights and by-name Adam state (identical on every rank): all shared, nothing per rank."""
-        shared = {
-            n: {k: v.detach().cpu().clone() for k, v in self.modules[n].state_dict().items()} for n in NETS
-        }
-        shared["optim"] = {n: adam_state_by_name(self.optims[n], self.modules[n]) for n in NETS}
-        shared["lr_scale"] = dict(self.lr_scale)
-        shared["scalers"] = {n: (s.state_dict() if s else None) for n, s in self.scalers.items()}
-        return shared, {}
-
-    def load_state_dict(self, shared: dict, per_rank: dict | None) -> None:
-        """Load weights and by-name Adam state written by any strategy at any world size."""
-        for n in NETS:
-            try:
-                self.modules[n].load_state_dict(shared[n])
-            except RuntimeError as err:
-                first = str(err).strip().splitlines()[0]
-                raise UserError(f"checkpoint holds a different {n} than this config builds ({first})") from None
-            try:
-                load_adam_state_by_name(self.optims[n], self.modules[n], shared["optim"][n])
-            except KeyError as err:
-                raise UserError(str(err.args[0])) from None
-            self.set_lr_scale(n, shared.get("lr_scale", {}).get(n, 1.0))
-            state = shared.get("scalers", {}).get(n)
-            if state and self.scalers[n]:
-                self.scalers[n].load_state_dict(state)

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from gandist.errors import UserError
-from gandist.strategies.base import (NETS, OptimSetup, StepStats, Strategy, adam_state_by_name, build_adam,
-                                     layer_grad_norms, load_adam_state_by_name)
+from gandist.strategies.base import (NETS, OptimSetup, StepStats, Strategy, TorchOptimizerState, build_adam,
+                                     layer_grad_norms)
 
 
 def pick_device(cfg, local_rank: int = 0) -> torch.device:
@@ -31,7 +31,7 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
     return torch.autocast(device.type, dtype=dtype)
 
 
-class SingleStrategy(Strategy):
+class SingleStrategy(TorchOptimizerState, Strategy):
     """Plain modules and torch Adam; gradient accumulation by scaling each micro-batch loss by 1/n."""
 
     def __init__(self, cfg):
@@ -114,28 +114,3 @@ class SingleStrategy(Strategy):
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.amp)
-
-    # -- state ----------------------------------------------------------------------------------------------
-    def state_dict(self) -> tuple[dict, dict]:
-        shared = {name: {k: v.detach().cpu().clone() for k, v in self.modules[name].state_dict().items()}
-                  for name in NETS}
-        shared["optim"] = {name: adam_state_by_name(self.optimizers[name], self.modules[name]) for name in NETS}
-        shared["lr_scale"] = dict(self.lr_scale)
-        shared["scalers"] = {n: (s.state_dict() if s else None) for n, s in self.scalers.items()}
-        return shared, {}
-
-    def load_state_dict(self, shared: dict, per_rank: dict | None) -> None:
-        for name in NETS:
-            try:
-                self.modules[name].load_state_dict(shared[name])
-            except RuntimeError as err:
-                first = str(err).strip().splitlines()[0]
-                raise UserError(f"checkpoint holds a different {name} than this config builds ({first})") from None
-            try:
-                load_adam_state_by_name(self.optimizers[name], self.modules[name], shared["optim"][name])
-            except KeyError as err:
-                raise UserError(str(err.args[0])) from None
-            self.set_lr_scale(name, shared.get("lr_scale", {}).get(name, 1.0))
-            state = shared.get("scalers", {}).get(name)
-            if state and self.scalers[name]:
-                self.scalers[name].load_state_dict(state)

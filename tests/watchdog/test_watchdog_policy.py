@@ -71,7 +71,6 @@ def test_nan_loss_gives_a_rollback_action_with_the_configured_mitigation():
 
 
 def test_warn_is_recorded_but_does_not_act():
-    nets = Nets()
     wd = make()
     sig = healthy_signals(1)
     sig.verdict = "ok"

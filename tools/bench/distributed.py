@@ -75,7 +75,7 @@ def param_tensors(strategy, name: str) -> list:
 
 def optim_tensors(strategy, name: str) -> list:
     engine = getattr(strategy, "engines", {}).get(name)
-    optimizer = engine.optimizer.optimizer if engine is not None else strategy.optims[name]
+    optimizer = engine.optimizer.optimizer if engine is not None else strategy.optimizers[name]
     return list(_flat(dict(optimizer.state)))
 
 

@@ -13,7 +13,9 @@ from gandist.orchestrate.jobs import CONFIG_ENV, build_runtime_env, entrypoint
 
 from .conftest import free_port, gandist
 
-pytestmark = pytest.mark.slow
+# the "ray" group runs in one xdist worker, one test after another: these tests share one Ray cluster (the
+# session fixture), and a second Ray on a 2-core machine starves both
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 def _job_ids(dashboard: str) -> set[str]:

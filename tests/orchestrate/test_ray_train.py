@@ -16,7 +16,9 @@ import pytest
 
 from .conftest import gandist
 
-pytestmark = pytest.mark.slow
+# the "ray" group runs in one xdist worker, one test after another: these tests share one Ray cluster (the
+# session fixture), and a second Ray on a 2-core machine starves both
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 # 80 steps of batch 512: long enough (several seconds) that the kill lands mid-run even on a fast machine
 TINY = ["configs/toy_ring8_tiny.yaml", "--set", "train.steps=80", "--set", "train.batch_size=512",

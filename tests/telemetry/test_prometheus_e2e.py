@@ -246,6 +246,9 @@ def lockstep_check(mine: list[tuple[float, float]], other: list[tuple[float, flo
     return compared, outside
 
 
+# in the "ray" group (tests/conftest.py): it starts a local Ray of its own, and two Ray clusters at once on a 2-core
+# machine starve each other's workers
+@pytest.mark.xdist_group("ray")
 @pytest.mark.skipif(not (ROOT / "gandist" / "orchestrate" / "ray_train.py").is_file(),
                     reason="gandist/orchestrate/ray_train.py (gandist train --ray) is not in this checkout yet")
 def test_prometheus_scrapes_each_ray_train_worker_on_port_plus_local_rank(prometheus, tmp_path):

@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/bench/modes.py                      # all three, both settings
     .venv/bin/python tools/bench/modes.py --only ring8 --steps 2000 --out bench_modes.json
+    .venv/bin/python tools/bench/modes.py --only ring8 --no-off --seed 1 --seed 2  # the spread over seeds
 
 "on" trains the config as written (configs/<name>.yaml: R1 + PacGAN + EMA for the toys; hinge + SN + R1 + EMA for
 stacked digits). "off" is the plain GAN of the same nets: no penalties, no packing, no EMA, no spectral norm.
@@ -31,7 +32,7 @@ BENCHES = {
 STABILIZATION_OFF = ["penalties=[]", "augment.pack=1", "train.ema.enabled=false", "model.spectral_norm=false"]
 
 
-def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None) -> dict:
+def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None, seed: int | None = None) -> dict:
     """Train one benchmark config (stabilization on or off) and evaluate its final generator."""
     from gandist.api import load_run
     from gandist.config import load_config
@@ -41,8 +42,10 @@ def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None) -> di
     overrides = ["telemetry.progress=false", "eval.metrics=[modes]"] + ([] if stabilized else STABILIZATION_OFF)
     if steps:
         overrides.append(f"train.steps={steps}")
+    if seed is not None:
+        overrides.append(f"seed={seed}")
     cfg = load_config(ROOT / BENCHES[name]["config"], overrides)
-    run_dir = out_dir / f"{name}-{'on' if stabilized else 'off'}"
+    run_dir = out_dir / (f"{name}-{'on' if stabilized else 'off'}" + ("" if seed is None else f"-seed{seed}"))
     if run_dir.exists():  # a fresh run every time: a leftover checkpoint would be resumed and time nothing
         shutil.rmtree(run_dir)
     start = time.time()
@@ -57,17 +60,17 @@ def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None) -> di
         for line in history.read_text().splitlines():
             rec = json.loads(line)
             trajectory.append({k: rec[k] for k in ("step", "modes", "high_quality", "reverse_kl") if k in rec})
-    return {"bench": name, "stabilization": "on" if stabilized else "off", "steps": run.step,
+    return {"bench": name, "stabilization": "on" if stabilized else "off", "seed": cfg.seed, "steps": run.step,
             "train_seconds": round(train_seconds, 1), **metrics, "trajectory": trajectory}
 
 
 def format_rows(rows: list[dict]) -> str:
     """Side-by-side table of the results."""
-    head = f"{'bench':<15}{'stab.':<7}{'steps':>7}{'modes':>11}{'high q.':>9}{'rev. KL':>9}{'train s':>9}"
+    head = f"{'bench':<15}{'stab.':<7}{'seed':>5}{'steps':>7}{'modes':>11}{'high q.':>9}{'rev. KL':>9}{'train s':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         hq = f"{r['high_quality']:.3f}" if "high_quality" in r else "-"
-        lines.append(f"{r['bench']:<15}{r['stabilization']:<7}{r['steps']:>7}{r['modes']:>6}/{r['modes_total']:<4}"
+        lines.append(f"{r['bench']:<15}{r['stabilization']:<7}{r['seed']:>5}{r['steps']:>7}{r['modes']:>6}/{r['modes_total']:<4}"
                      f"{hq:>9}{r['reverse_kl']:>9.4f}{r['train_seconds']:>9.1f}")
     return "\n".join(lines)
 
@@ -78,6 +81,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="override train.steps of every run")
     parser.add_argument("--no-off", action="store_true", help="skip the stabilization-off runs")
     parser.add_argument("--no-on", action="store_true", help="skip the stabilization-on runs")
+    parser.add_argument("--seed", type=int, action="append", help="train with these seeds (default: the config's)")
     parser.add_argument("--work-dir", default="runs/bench_modes", help="run directories go here")
     parser.add_argument("--out", default=None, help="also write the results as JSON")
     args = parser.parse_args()
@@ -86,11 +90,12 @@ def main() -> int:
     rows = []
     for name in args.only or list(BENCHES):
         for stabilized in [s for s in (True, False) if not (args.no_on if s else args.no_off)]:
-            rows.append(run_one(name, stabilized, out_dir, args.steps))
-            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
-            print("    periodic eval (step: modes, high q.): " + ", ".join(
-                f"{t['step']}: {t['modes']}" + (f" {t['high_quality']:.3f}" if "high_quality" in t else "")
-                for t in rows[-1]["trajectory"]), flush=True)
+            for seed in args.seed or [None]:
+                rows.append(run_one(name, stabilized, out_dir, args.steps, seed))
+                print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+                print("    periodic eval (step: modes, high q.): " + ", ".join(
+                    f"{t['step']}: {t['modes']}" + (f" {t['high_quality']:.3f}" if "high_quality" in t else "")
+                    for t in rows[-1]["trajectory"]), flush=True)
     print()
     print(format_rows(rows))
     for name in dict.fromkeys(r["bench"] for r in rows):

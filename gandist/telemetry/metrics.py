@@ -100,6 +100,11 @@ def gpu_memory_families(labels: list[str]):
         yield family
 
 
+def file_sd_target(run: str, rank: int, host: str, port: int) -> tuple[str, str]:
+    """(file name, JSON text) of one rank's Prometheus file_sd target (run and rank come with every series)."""
+    return f"gandist-{run}-rank{rank}.json", json.dumps([{"targets": [f"{host}:{port}"]}])
+
+
 def find_free_port(host: str, first: int, tries: int) -> int | None:
     """The first port in [first, first + tries) that can be bound on host, or None."""
     for port in range(first, min(first + tries, 65536)):
@@ -231,12 +236,12 @@ class MetricsExporter:
     def _write_file_sd(self, port: int) -> None:
         """A Prometheus file_sd target for this rank: Prometheus finds it even when the port moved."""
         host = socket.gethostname() if self.cfg.host in ("0.0.0.0", "") else self.cfg.host
-        target = [{"targets": [f"{host}:{port}"]}]  # run and rank come with every series already
+        name, text = file_sd_target(self.run, self.rank, host, port)
         try:
             directory = Path(self.cfg.file_sd_dir)
             directory.mkdir(parents=True, exist_ok=True)
-            path = directory / f"gandist-{self.run}-rank{self.rank}.json"
-            atomic_write_text(path, json.dumps(target))  # Prometheus never reads a half-written file
+            path = directory / name
+            atomic_write_text(path, text)  # Prometheus never reads a half-written file
             self._sd_file = path
         except OSError as err:
             log.warning("metrics: could not write the file_sd target in %s (%s)", self.cfg.file_sd_dir, err)

@@ -18,6 +18,7 @@ import yaml
 from promkit import free_port
 
 from gandist.telemetry import dashboard
+from gandist.telemetry.metrics import file_sd_target
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE_WINDOW = "20s"  # stands in for Grafana's $__rate_interval (>= 4 scrapes at 1 s)
@@ -126,11 +127,11 @@ def test_dashboard_and_alert_queries_run_against_prometheus_scraping_a_2_rank_dd
     metrics_port = two_free_ports()
     # Prometheus' discovery hands new targets to its scrapers at most every 5 s, so targets that appear when the
     # ranks start may first be scraped after a fast machine has passed the injected fault. Register the two
-    # targets first, exactly as the ranks will write them (gandist overwrites the files with the same content), and
-    # start training once Prometheus is trying to scrape them: the first scrape then follows each server's start.
+    # targets first, as the ranks will write them (they overwrite the files with the same content), and start
+    # training once Prometheus is trying to scrape them: the first scrape then follows each server's start.
     for rank in (0, 1):
-        (sd_dir / f"gandist-e2e-prom-rank{rank}.json").write_text(
-            json.dumps([{"targets": [f"127.0.0.1:{metrics_port + rank}"]}]))
+        name, text = file_sd_target("e2e-prom", rank, "127.0.0.1", metrics_port + rank)
+        (sd_dir / name).write_text(text)
 
     def targets_known() -> bool:
         active = json.load(urllib.request.urlopen(f"{prom}/api/v1/targets", timeout=10))["data"]["activeTargets"]

@@ -60,8 +60,8 @@ def rank_positions(global_batch: int, rank: int, world_size: int, micro_batches:
         raise UserError(f"train.batch_size {global_batch} is not divisible by world size {world_size} x "
                         f"optim.accumulation {micro_batches}")
     part = global_batch // (world_size * micro_batches)
-    return torch.cat([torch.arange(start, start + part) for start in
-                      (micro_batch_start(global_batch, rank, world_size, micro_batches, i) for i in range(micro_batches))])
+    starts = [micro_batch_start(global_batch, rank, world_size, micro_batches, i) for i in range(micro_batches)]
+    return torch.cat([torch.arange(start, start + part) for start in starts])
 
 
 def micro_batch_start(global_batch: int, rank: int, world_size: int, micro_batches: int, micro: int) -> int:
@@ -88,4 +88,3 @@ class DataSource(ABC):
             return next(it)
         finally:
             it.close()
-

@@ -18,7 +18,6 @@ from gandist.errors import UserError
 from gandist.objectives.augment import stream_seed
 
 
-
 def toy2d_centres(mixture: str) -> tuple[torch.Tensor, float]:
     """(centres [K, 2], std) of a mixture: ring8 (radius 2, std 0.02) or grid25 ({-4,-2,0,2,4}^2, std 0.05)."""
     if mixture == "ring8":

@@ -70,8 +70,8 @@ def format_rows(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         hq = f"{r['high_quality']:.3f}" if "high_quality" in r else "-"
-        lines.append(f"{r['bench']:<15}{r['stabilization']:<7}{r['seed']:>5}{r['steps']:>7}{r['modes']:>6}/{r['modes_total']:<4}"
-                     f"{hq:>9}{r['reverse_kl']:>9.4f}{r['train_seconds']:>9.1f}")
+        lines.append(f"{r['bench']:<15}{r['stabilization']:<7}{r['seed']:>5}{r['steps']:>7}"
+                     f"{r['modes']:>6}/{r['modes_total']:<4}{hq:>9}{r['reverse_kl']:>9.4f}{r['train_seconds']:>9.1f}")
     return "\n".join(lines)
 
 

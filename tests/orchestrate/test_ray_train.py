@@ -46,6 +46,11 @@ def _checkpoints(run_dir) -> list[int]:
     return [e["step"] for e in _events(run_dir) if e["event"] == "checkpoint"]
 
 
+def _latest_checkpoint(run_dir) -> int:
+    """The step of checkpoints/latest: what a resume starts from."""
+    return int((run_dir / "checkpoints" / "latest").read_text().strip().rsplit("-", 1)[1])
+
+
 def _metric_steps(run_dir) -> list[int]:
     steps = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -103,8 +108,11 @@ def test_run_survives_a_killed_worker_then_a_killed_driver_redoing_at_most_one_i
         deadline = time.time() + 120
         while _train_workers(ray_cluster["pid"]) and time.time() < deadline:
             time.sleep(0.5)
-        # Ray notices the dead driver only after a moment: its workers may finish one more checkpoint meanwhile
-        last_checkpoint = _checkpoints(run_dir)[-1]
+        assert not _train_workers(ray_cluster["pid"]), "Ray did not stop the dead driver's workers within 120 s"
+        # Ray notices the dead driver only after a moment: its workers may finish one more checkpoint meanwhile, and
+        # may die between writing it (and its `latest` pointer) and logging its event, so the pointer is the truth
+        last_checkpoint = _latest_checkpoint(run_dir)
+        assert last_checkpoint >= _checkpoints(run_dir)[-1]
     finally:
         if driver.poll() is None:
             driver.kill()

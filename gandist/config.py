@@ -284,6 +284,14 @@ def config_from_dict(data: dict, source: str = "config") -> ExperimentConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+def yaml_error_line(path: Path, err: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: file:line:column (1-based, as editors count) and what the parser expected."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{where}: not valid YAML: {problem} (fix the syntax there; --set values are YAML too)"
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
     """Load a YAML config (or defaults when path is None) and apply `a.b=c` overrides."""
     data: dict = {}
@@ -296,7 +304,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+            raise ConfigError(yaml_error_line(path, err)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
     for text in overrides:

@@ -64,12 +64,13 @@ class Trainer:
                 f"optim.accumulation {cfg.optim.accumulation} micro-batches; pick a multiple of "
                 f"{s.world_size * cfg.optim.accumulation}")
         self.micro = per_rank // cfg.optim.accumulation
+        # the data is opened before the run dir is written: a wrong data path leaves nothing behind
+        self.source = build_source(cfg.data)
+        self.info = self.source.info
         if self.is_main:
             prepare_run_dir(cfg, run_dir, force)
         s.barrier()
 
-        self.source = build_source(cfg.data)
-        self.info = self.source.info
         group = s.process_group if cfg.distributed.cross_replica_bn else None
         if cfg.distributed.cross_replica_bn and s.world_size == 1 and self.is_main:
             log.warning("distributed.cross_replica_bn with one process: plain batch norm statistics are used")

@@ -16,7 +16,12 @@ def prepare_run_dir(cfg, run_dir: str, force: bool) -> None:
     """Create run_dir and write config.yaml; refuse a run dir whose config differs unless force (rank 0 only)."""
     from gandist.config import config_from_dict
 
-    os.makedirs(run_dir, exist_ok=True)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--run-dir {run_dir}: cannot be created ({err.strerror}); give a writable folder") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise UserError(f"--run-dir {run_dir}: not writable by this user; give a writable folder") from None
     path = os.path.join(run_dir, "config.yaml")
     if os.path.exists(path):
         try:

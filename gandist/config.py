@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gandist.configbase import Section
 from gandist.data.config import DataConfig, Toy2DConfig
+from gandist.errors import ConfigError  # noqa: F401  (raised here; importable from gandist.config as before)
 from gandist.eval.config import EvalConfig
 from gandist.models.config import MLPConfig, ModelConfig
 from gandist.objectives.config import AugmentConfig, LossConfig, PenaltyConfig
@@ -25,10 +26,6 @@ from gandist.watchdog.config import WatchdogConfig
 
 
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # not "nan"/"inf": those stay strings
-
-
-class ConfigError(ValueError):
-    """A user error in a config: the message names the dotted key, the bad value and what is allowed."""
 
 
 class AdamConfig(Section):

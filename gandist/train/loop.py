@@ -15,7 +15,8 @@ import torch
 
 from gandist.data.base import micro_batch_start
 from gandist.data.sources import build_source
-from gandist.errors import UserError
+from gandist.errors import UserError, WatchdogGaveUp
+from gandist.fileio import atomic_write_text
 from gandist.models.base import BuildContext
 from gandist.objectives import losses
 from gandist.objectives.augment import GlobalRandom, stream_seed
@@ -29,14 +30,6 @@ from gandist.train.signals import Signals
 from gandist.train.state import CheckpointIO
 
 log = logging.getLogger("gandist.train")
-
-
-class WatchdogStop(Exception):
-    """The watchdog gave up (too many rollbacks, or no healthy checkpoint to roll back to): exit code 3."""
-
-    def __init__(self, report: str):
-        super().__init__(report)
-        self.report = report
 
 
 def lazy_optim(adam, penalties, net: str) -> OptimSetup:
@@ -315,9 +308,8 @@ class Trainer:
         sig.verdict = ("ok", "warn", "diverged")[agreed]
         try:
             action = self.watchdog.resolve(agreed, sig)
-        except Exception as err:  # WatchdogGaveUp after too many rollbacks: the last divergence is an event too
-            if type(err).__name__ == "WatchdogGaveUp":
-                self.event({"event": "diverged", "reason": "gave up", "report": str(err)})
+        except WatchdogGaveUp as err:  # after too many rollbacks: the last divergence is an event too
+            self.event({"event": "diverged", "reason": "gave up", "report": err.report})
             raise
         if action is not None:
             self.rollback(action)
@@ -327,7 +319,7 @@ class Trainer:
         self.event({"event": "diverged", "reason": action.reason, "signals": action.details})
         restored = self.ckpt.restore_healthy(at_most=self.step)
         if restored is None:
-            raise WatchdogStop(
+            raise WatchdogGaveUp(
                 f"diverged at step {self.step} ({action.reason}) but no checkpoint is marked healthy yet; the run "
                 f"dir is intact. Lower the learning rates or save checkpoints earlier (checkpoint.every).")
         self.lr_factor *= m.lr_scale
@@ -442,14 +434,10 @@ def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None) -> di
         summary = trainer.run()
         clean = True
         return summary
-    except Exception as err:
-        if type(err).__name__ in ("WatchdogGaveUp", "WatchdogStop"):
-            report = getattr(err, "report", str(err))
-            trainer.event({"event": "gave_up", "report": report})
-            if trainer.is_main:
-                path = os.path.join(run_dir, "watchdog_report.txt")
-                with open(path, "w") as f:
-                    f.write(report + "\n")
+    except WatchdogGaveUp as err:
+        trainer.event({"event": "gave_up", "report": err.report})
+        if trainer.is_main:
+            atomic_write_text(os.path.join(run_dir, "watchdog_report.txt"), err.report + "\n")
         raise
     finally:
         trainer.close(clean)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distributed_testutil import spawn
+from closeness import compare_state, matches
 
 pytestmark = pytest.mark.slow
 
@@ -118,10 +119,6 @@ def _worker(rank, world, path):
     torch.save(results, f"{path}/{rank}.pt")
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / max(float(b.float().norm()), 1e-12))
-
-
 def test_every_strategy_matches_single_and_resumes_under_another(tmp_path):
     spawn(_worker, 2, str(tmp_path))
     ref = run_reference()
@@ -130,9 +127,9 @@ def test_every_strategy_matches_single_and_resumes_under_another(tmp_path):
     for name in STRATEGIES:
         got = ranks[0][name]
         for net in ("G", "D", "ema"):
-            for key, value in ref[net].items():
-                if value.dtype.is_floating_point:
-                    assert _rel(got[net][key], value) < 1e-5, (name, net, key, _rel(got[net][key], value))
+            # model-wide and elementwise rules of tests/closeness.py: stable across CPU vector widths
+            report = compare_state({k: got[net][k] for k in ref[net]}, ref[net])
+            assert matches(report), (name, net, report)
         for net in ("G", "D"):  # grad norms before clipping, every step (clipping at 0.5 is active)
             assert got["log"][net] == pytest.approx(ref["log"][net], rel=1e-5), (name, net)
         assert max(ref["log"]["D"]) > 0.5

@@ -8,7 +8,8 @@
 stacked digits). "off" is the plain GAN of the same nets: no penalties, no packing, no EMA, no spectral norm.
 Each run keeps the config's periodic evaluation, restricted to the cheap mode-coverage metric (the trajectory is in
 RUN_DIR/eval/metrics.jsonl), ends with a fresh evaluation of its final generator (eval.num samples) and prints a
-side-by-side table.
+side-by-side table with the watchdog's rollbacks per run (the watchdog is on, as in every shipped config; a healthy
+run shows 0).
 """
 from __future__ import annotations
 
@@ -61,17 +62,28 @@ def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None, seed:
             rec = json.loads(line)
             trajectory.append({k: rec[k] for k in ("step", "modes", "high_quality", "reverse_kl") if k in rec})
     return {"bench": name, "stabilization": "on" if stabilized else "off", "seed": cfg.seed, "steps": run.step,
-            "train_seconds": round(train_seconds, 1), **metrics, "trajectory": trajectory}
+            "train_seconds": round(train_seconds, 1), "rollbacks": count_events(run_dir, "rollback"), **metrics,
+            "trajectory": trajectory}
+
+
+def count_events(run_dir: Path, kind: str) -> int:
+    """How many `kind` events (e.g. the watchdog's rollbacks) the run's events.jsonl holds."""
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return 0
+    return sum(json.loads(line).get("event") == kind for line in path.read_text().splitlines() if line.strip())
 
 
 def format_rows(rows: list[dict]) -> str:
     """Side-by-side table of the results."""
-    head = f"{'bench':<15}{'stab.':<7}{'seed':>5}{'steps':>7}{'modes':>11}{'high q.':>9}{'rev. KL':>9}{'train s':>9}"
+    head = (f"{'bench':<15}{'stab.':<7}{'seed':>5}{'steps':>7}{'modes':>11}{'high q.':>9}{'rev. KL':>9}"
+            f"{'rollb.':>8}{'train s':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         hq = f"{r['high_quality']:.3f}" if "high_quality" in r else "-"
         lines.append(f"{r['bench']:<15}{r['stabilization']:<7}{r['seed']:>5}{r['steps']:>7}"
-                     f"{r['modes']:>6}/{r['modes_total']:<4}{hq:>9}{r['reverse_kl']:>9.4f}{r['train_seconds']:>9.1f}")
+                     f"{r['modes']:>6}/{r['modes_total']:<4}{hq:>9}{r['reverse_kl']:>9.4f}{r['rollbacks']:>8}"
+                     f"{r['train_seconds']:>9.1f}")
     return "\n".join(lines)
 
 

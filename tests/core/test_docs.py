@@ -35,7 +35,7 @@ HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
 COMMAND = re.compile(r"(?<![\w./-])gandist[ \t]+([a-z][a-z0-9-]*)(?:[ \t]+([a-z][a-z0-9_-]*))?(?![\w./=-])")
 FILE_SUFFIXES = ("py", "yaml", "yml", "json", "jsonl", "md", "png", "pt", "pth", "txt", "sh", "tar", "toml", "cfg", "npz")
 # misspelt keys the docs show on purpose, next to the error gandist prints for them
-SHOWN_AS_ERRORS = {"train.batch_sise"}
+SHOWN_AS_ERRORS = {"train.batch_sise", "train.foo"}
 
 
 def doc_files(repo: str = REPO) -> list[str]:

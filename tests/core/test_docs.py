@@ -164,11 +164,13 @@ def _expand_braces(token: str) -> list[str]:
 
 def named_keys(text: str, section_names: list[str]) -> list[str]:
     """Dotted config keys (section.key(.key)*) named in code spans; file names and module paths are not keys."""
-    key = re.compile(r"(?<![\w./\[-])(?:%s)(?:\.(?:[A-Za-z_]\w*|\{[\w,\s]+\}))+(?![\w(/-])" % "|".join(section_names))
+    key = re.compile(r"(?<![\w./\[-])(?:%s)(?:\.(?:[A-Za-z_]\w*|\d+|\{[\w,\s]+\}))+(?![\w(/-])" % "|".join(section_names))
     found = []
     for span in code_spans(text):
         for m in key.finditer(span):
-            token = m.group(0)
+            token = re.sub(r"\.\d+(?=\.|$)", "", m.group(0))  # penalties.0.weight: list items by index
+            if "." not in token:
+                continue
             if token.rsplit(".", 1)[-1] in FILE_SUFFIXES:
                 continue
             found += _expand_braces(token)
@@ -204,15 +206,15 @@ def test_docs_checker_finds_a_broken_link_a_made_up_command_and_a_made_up_key(tm
         "```bash\ngandist train configs/x.yaml --set train.steps=3\ngandist fly configs/x.yaml\n"
         "gandist data shrads SRC DEST\n```\n\n"
         "Set `train.batch_size`, `watchdog.spike.{k,window}`, `penalties=[{kind: r1}]`, `gandist/train/loop.py`,\n"
-        "`train.py`, `gandist.data.base.micro_batch_start` (none of these are wrong) and `train.batch_sixe`,\n"
-        "`watchdog.bounds.{loss,speed}` and `optim.g.learning_rate` (made up).\n")
+        "`train.py`, `penalties.0.weight`, `gandist.data.base.micro_batch_start` (all fine) and `train.batch_sixe`,\n"
+        "`watchdog.bounds.{loss,speed}`, `penalties.1.wieght` and `optim.g.learning_rate` (made up).\n")
     problems = docs_problems(str(tmp_path))
     text = "\n".join(problems)
     assert "link docs/nope.md" in text and "link docs/page.md#three-words" in text
     assert "gandist fly: no such command" in text and "gandist data shrads: no such subcommand" in text
     assert sorted(p.split("`")[1] for p in problems if "no config key" in p) == [
-        "optim.g.learning_rate", "train.batch_sixe", "watchdog.bounds.speed"]
-    assert len(problems) == 7, text
+        "optim.g.learning_rate", "penalties.wieght", "train.batch_sixe", "watchdog.bounds.speed"]
+    assert len(problems) == 8, text
 
 
 @pytest.mark.parametrize("heading, anchor", [

@@ -84,10 +84,10 @@ def broken_links(path: str, text: str) -> list[str]:
         file_part, _, anchor = target.partition("#")
         dest = os.path.normpath(os.path.join(os.path.dirname(path), file_part)) if file_part else path
         if not os.path.exists(dest):
-            problems.append(f"{os.path.basename(path)}: link {target}: no file {dest}")
+            problems.append(f"link {target}: no file {dest}")
             continue
         if anchor and dest.endswith(".md") and anchor not in anchors(open(dest).read()):
-            problems.append(f"{os.path.basename(path)}: link {target}: no heading with anchor #{anchor}")
+            problems.append(f"link {target}: no heading with anchor #{anchor}")
     return problems
 
 
@@ -184,7 +184,7 @@ def docs_problems(repo: str = REPO) -> list[str]:
     for path in doc_files(repo):
         text = open(path).read()
         where = os.path.relpath(path, repo)
-        problems += broken_links(path, text)
+        problems += [f"{where}: {p}" for p in broken_links(path, text)]
         problems += [f"{where}: {p}" for p in unknown_commands(text, commands)]
         problems += [f"{where}: `{k}` is no config key" for k in named_keys(text, names)
                      if k not in keys and k not in SHOWN_AS_ERRORS]

@@ -1,6 +1,13 @@
+import argparse
+import glob
 import os
+import re
 import subprocess
 import sys
+import typing
+
+import pytest
+from pydantic import BaseModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,14 +25,6 @@ def test_readme_gives_the_two_commands_and_ci_calls_make_test():
 
 
 # ---- the docs checker: links resolve, named commands and config keys exist -------------------------------------
-
-import argparse
-import glob
-import re
-import typing
-
-import pytest
-from pydantic import BaseModel
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.S | re.M)
 INLINE = re.compile(r"(`+)(.+?)\1", re.S)

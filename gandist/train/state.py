@@ -16,16 +16,32 @@ log = logging.getLogger("gandist.train")
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain types (checkpoints are loaded with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        # MT19937's 624 uint32 words, held as int64 so that any torch can read them back
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": [version, list(internal), gauss_next],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore rng_state()'s output (a format-1 numpy tuple and python tuple are accepted too)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        keys = np.asarray(numpy_state["keys"].numpy() if torch.is_tensor(numpy_state["keys"]) else numpy_state["keys"])
+        numpy_state = (numpy_state["kind"], keys.astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"],
+                       numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

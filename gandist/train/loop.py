@@ -24,6 +24,7 @@ from gandist.registry import ARCHS, resolve
 from gandist.strategies import build_strategy
 from gandist.strategies.base import OptimSetup
 from gandist.train import ema as ema_lib
+from gandist.train.lease import acquire_run_lease
 from gandist.train.rundir import JsonlWriter, prepare_run_dir
 from gandist.train.signals import Signals
 from gandist.train.state import CheckpointIO
@@ -50,11 +51,22 @@ def lazy_optim(adam, penalties, net: str) -> OptimSetup:
 class Trainer:
     """Owns one run: nets, strategy, data, penalties, EMA, checkpoints, sinks."""
 
-    def __init__(self, cfg, run_dir: str, *, force: bool = False, reporter=None):
+    def __init__(self, cfg, run_dir: str, *, force: bool = False, reporter=None, takeover: bool = False,
+                 lease_owner: str | None = None):
         self.cfg, self.run_dir, self.reporter = cfg, run_dir, reporter
         self.strategy = build_strategy(cfg)
+        self.is_main = self.strategy.rank == 0
+        # one writer per run dir: rank 0 takes the lease before anything is written (a refusal changes nothing)
+        self.lease = acquire_run_lease(cfg, run_dir, takeover=takeover, owner=lease_owner) if self.is_main else None
+        try:
+            self._build(cfg, run_dir, force)
+        except BaseException:
+            if self.lease is not None:
+                self.lease.release()
+            raise
+
+    def _build(self, cfg, run_dir: str, force: bool) -> None:
         s = self.strategy
-        self.is_main = s.rank == 0
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         per_rank = cfg.train.batch_size // s.world_size
@@ -431,11 +443,17 @@ class Trainer:
         self.events_log.close()
         self.loader.close()
         self.strategy.close(clean)
+        if self.lease is not None:  # this process writes nothing more: the next run may start at once
+            self.lease.release()
 
 
-def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None) -> dict:
-    """Train `cfg` in `run_dir` (resuming when it holds a checkpoint); returns the run summary."""
-    trainer = Trainer(cfg, run_dir, force=force, reporter=reporter)
+def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None, takeover: bool = False,
+                 lease_owner: str | None = None) -> dict:
+    """Train `cfg` in `run_dir` (resuming when it holds a checkpoint); returns the run summary.
+
+    takeover: take the run dir's lease from a live holder; lease_owner: the owner id of a restartable run (Ray).
+    """
+    trainer = Trainer(cfg, run_dir, force=force, reporter=reporter, takeover=takeover, lease_owner=lease_owner)
     clean = False
     try:
         summary = trainer.run()

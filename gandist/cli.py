@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-from gandist.errors import UserError  # noqa: F401  (re-exported: subsystem CLIs raise it)
+from gandist.errors import UserError, WatchdogGaveUp
 
 # Subsystems that add subcommands (each module's add_cli(subparsers) must import nothing heavy at module level).
 SUBSYSTEM_CLIS = (
@@ -17,8 +17,8 @@ SUBSYSTEM_CLIS = (
     "gandist.orchestrate.cli",  # submit, jobs
 )
 
-EXIT_USER_ERROR = 2
-EXIT_WATCHDOG_GAVE_UP = 3
+EXIT_USER_ERROR = UserError.exit_code  # 2
+EXIT_WATCHDOG_GAVE_UP = WatchdogGaveUp.exit_code  # 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,15 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
-    from gandist.config import ConfigError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args) or 0)
-    except (UserError, ConfigError) as err:
+    except WatchdogGaveUp as err:  # a UserError too, but its report spans lines
+        print(f"gandist: the watchdog stopped training:\n{err.report}", file=sys.stderr)
+        code = err.exit_code
+    except UserError as err:  # ConfigError, CheckpointError, DataStreamError, ...
         print(f"gandist: error: {err}", file=sys.stderr)
-        code = EXIT_USER_ERROR
+        code = err.exit_code
     except KeyboardInterrupt:
         print("gandist: interrupted", file=sys.stderr)
         code = 130

@@ -63,15 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                               gpus_per_worker=args.gpus_per_worker, force=args.force, takeover=args.takeover)
     from gandist.train.loop import run_training
 
-    try:
-        summary = run_training(cfg, run_dir, force=args.force, takeover=args.takeover)
-    except Exception as err:
-        if type(err).__name__ in ("WatchdogGaveUp", "WatchdogStop"):
-            from gandist.cli import EXIT_WATCHDOG_GAVE_UP
-
-            print(f"gandist: the watchdog stopped training:\n{getattr(err, 'report', err)}", file=sys.stderr)
-            return EXIT_WATCHDOG_GAVE_UP
-        raise
+    summary = run_training(cfg, run_dir, force=args.force, takeover=args.takeover)  # WatchdogGaveUp: cli.main prints it, exit 3
     if os.environ.get("RANK", "0") == "0":
         print(format_summary(summary))
     return 0

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gandist.configbase import Section
 from gandist.data.config import DataConfig, Toy2DConfig
+from gandist.errors import ConfigError  # noqa: F401  (raised here; importable from gandist.config as before)
 from gandist.eval.config import EvalConfig
 from gandist.models.config import MLPConfig, ModelConfig
 from gandist.objectives.config import AugmentConfig, LossConfig, PenaltyConfig
@@ -25,10 +26,6 @@ from gandist.watchdog.config import WatchdogConfig
 
 
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # not "nan"/"inf": those stay strings
-
-
-class ConfigError(ValueError):
-    """A user error in a config: the message names the dotted key, the bad value and what is allowed."""
 
 
 class AdamConfig(Section):
@@ -287,6 +284,14 @@ def config_from_dict(data: dict, source: str = "config") -> ExperimentConfig:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+def yaml_error_line(path: Path, err: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: file:line:column (1-based, as editors count) and what the parser expected."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{where}: not valid YAML: {problem} (fix the syntax there; --set values are YAML too)"
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
     """Load a YAML config (or defaults when path is None) and apply `a.b=c` overrides."""
     data: dict = {}
@@ -299,7 +304,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+            raise ConfigError(yaml_error_line(path, err)) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
     for text in overrides:

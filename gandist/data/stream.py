@@ -29,15 +29,11 @@ import torch
 
 from gandist.data.base import BatchIterator, DataInfo, DataSource
 from gandist.data.shards import read_manifest
-from gandist.errors import UserError
+from gandist.errors import DataStreamError, UserError
 
 log = logging.getLogger("gandist.data")
 
 MIN_SEEN_FOR_SKIP_CHECK = 100  # one early bad sample must not stop a run whose skip budget is 1%
-
-
-class DataStreamError(UserError):
-    """The stream cannot go on: too many skipped samples, a sample without the configured key, a bad label."""
 
 
 def expand_urls(pattern: str, storage_options: dict) -> list[str]:

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gandist.cli import UserError
+from gandist.errors import UserError
 
 
 def add_cli(subparsers) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gandist.cli import UserError
+from gandist.errors import UserError
 
 
 def _reduce(tensor: torch.Tensor, strategy) -> torch.Tensor:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from gandist.cli import UserError
+from gandist.errors import UserError
 from gandist.eval import fid as fidlib
 from gandist.eval.modes import stacked_digits_coverage, toy2d_coverage
 

@@ -34,7 +34,7 @@ def info_command(args: argparse.Namespace) -> int:
     """Handler of `gandist info`."""
     import json
 
-    from gandist.cli import UserError
+    from gandist.errors import UserError
     from gandist.config import load_config
     from gandist.models.info import model_info
 

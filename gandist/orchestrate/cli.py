@@ -56,7 +56,7 @@ def add_cli(subparsers) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from gandist.cli import UserError
+    from gandist.errors import UserError
     from gandist.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # a config that fails validation never leaves this machine
@@ -89,7 +89,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _render_kuberay(cfg, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gandist.cli import UserError
+    from gandist.errors import UserError
     from gandist.orchestrate.kuberay import KubeRayOptions, render_rayjob, to_yaml
 
     gpus = 1.0 if args.gpus_per_worker is None else args.gpus_per_worker

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from gandist.cli import UserError
+from gandist.errors import UserError
 from gandist.config import ExperimentConfig
 
 CONFIG_ENV = "GANDIST_CONFIG_YAML"
@@ -161,7 +161,7 @@ def _job_main(argv: list[str] | None = None) -> int:
     """The job's entry point: read the config from the runtime_env and train with Ray Train on this cluster."""
     import yaml
 
-    from gandist.config import ConfigError, config_from_dict
+    from gandist.config import config_from_dict
     from gandist.orchestrate.ray_train import train_with_ray
 
     parser = argparse.ArgumentParser(prog="python -m gandist.orchestrate.jobs")
@@ -180,7 +180,7 @@ def _job_main(argv: list[str] | None = None) -> int:
         cfg = config_from_dict(yaml.safe_load(text), CONFIG_ENV)
         return train_with_ray(cfg, run_dir, address=None, workers=args.workers,
                               gpus_per_worker=args.gpus_per_worker, force=args.force)
-    except (UserError, ConfigError) as err:
+    except UserError as err:  # ConfigError included
         print(f"gandist: error: {err}", file=sys.stderr)
         return 2
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from urllib.parse import urlparse
 
-from gandist.cli import UserError
+from gandist.errors import UserError
 from gandist.config import ExperimentConfig
 
 PENDING_TIMEOUT_ENV = "GANDIST_RAY_PENDING_TIMEOUT"  # seconds to wait for Ray to place the worker group

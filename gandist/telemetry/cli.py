@@ -21,7 +21,7 @@ def add_cli(subparsers) -> None:
 
 def run_dashboard(args) -> int:
     """Handler of `gandist dashboard`."""
-    from gandist.cli import UserError
+    from gandist.errors import UserError
     from gandist.telemetry import dashboard
 
     if args.write_manifests:

@@ -86,7 +86,7 @@ ROWS: tuple[RowSpec, ...] = (
     RowSpec("Losses and D outputs", (
         _ts("Losses", Query(f"gandist_loss{{{SEL}}}", "{{run}} {{net}} r{{rank}}")),
         _ts("Regularizers", Query(f"gandist_regularizer{{{SEL}}}", "{{run}} {{net}}/{{penalty}} r{{rank}}")),
-        _ts("D outputs", Query(f"gandist_d_output{{{SEL}}}", "{{run}} D({{kind}}) r{{rank}}"),
+        _ts("D outputs", Query(f"gandist_discriminator_logit_mean{{{SEL}}}", "{{run}} D({{kind}}) r{{rank}}"),
             description="Mean D logit on real and on fake batches; a widening gap means D is winning."),
     )),
     RowSpec("Stability", (

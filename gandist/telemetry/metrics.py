@@ -163,7 +163,9 @@ class MetricsExporter:
         self.m_data_wait_last = g("gandist_data_wait_last_seconds", "Data wait of the last G step.")
         self.m_loss = g("gandist_loss", "Adversarial loss per net.", ("net",))
         self.m_reg = g("gandist_regularizer", "Regularizer value (Signals.losses 'NET/NAME').", ("net", "penalty"))
-        self.m_d_out = g("gandist_d_output", "Mean D logit on real and fake batches.", ("kind",))
+        self.m_d_logit = g(
+            "gandist_discriminator_logit_mean", "Mean D logit on the real and on the fake batch.", ("kind",)
+        )
         self.m_grad = g("gandist_grad_norm", "Gradient norm per net before clipping.", ("net",))
         self.m_sigma_max = g("gandist_sigma_max", "Largest top singular value over a net's layers.", ("net",))
         self.m_sigma = g("gandist_sigma", "Top singular value of the top-k layers of each net.", ("net", "layer"))
@@ -270,8 +272,8 @@ class MetricsExporter:
                 c(self.m_loss, net).set(value)
             else:
                 c(self.m_reg, net, term).set(value)
-        c(self.m_d_out, "real").set(signals.d_real)
-        c(self.m_d_out, "fake").set(signals.d_fake)
+        c(self.m_d_logit, "real").set(signals.d_real)
+        c(self.m_d_logit, "fake").set(signals.d_fake)
         for net, norm in signals.grad_norm.items():
             c(self.m_grad, net).set(norm)
         for net, lr in signals.lr.items():

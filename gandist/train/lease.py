@@ -105,7 +105,11 @@ class Lease:
                 raise LeaseHeld(self._held_message(other, now))
         elif other is not None:
             log.info("%s: taking over this run's own lease (a restart of the same run)", self.url)
-        self._write()
+        try:
+            self._write()
+        except OSError as err:  # a read-only run dir, a bucket without write access
+            raise UserError(f"{self.url}: cannot write the run dir's lease ({err}); give a writable run dir or "
+                            "checkpoint.url") from None
         back = self.read()  # two starts at once: the one whose write lost is refused here
         if back is None or back.get("owner") != self.owner:
             raise LeaseHeld(self._held_message(back or {}, time.time()))

@@ -15,7 +15,8 @@ import torch
 
 from gandist.data.base import micro_batch_start
 from gandist.data.sources import build_source
-from gandist.errors import UserError
+from gandist.errors import UserError, WatchdogGaveUp
+from gandist.fileio import atomic_write_text
 from gandist.models.base import BuildContext
 from gandist.objectives import losses
 from gandist.objectives.augment import GlobalRandom, stream_seed
@@ -25,19 +26,11 @@ from gandist.strategies import build_strategy
 from gandist.strategies.base import OptimSetup
 from gandist.train import ema as ema_lib
 from gandist.train.lease import acquire_run_lease
-from gandist.train.rundir import JsonlWriter, prepare_run_dir
+from gandist.train.rundir import JsonlWriter, check_run_dir, write_run_config
 from gandist.train.signals import Signals
 from gandist.train.state import CheckpointIO
 
 log = logging.getLogger("gandist.train")
-
-
-class WatchdogStop(Exception):
-    """The watchdog gave up (too many rollbacks, or no healthy checkpoint to roll back to): exit code 3."""
-
-    def __init__(self, report: str):
-        super().__init__(report)
-        self.report = report
 
 
 def lazy_optim(adam, penalties, net: str) -> OptimSetup:
@@ -56,16 +49,15 @@ class Trainer:
         self.cfg, self.run_dir, self.reporter = cfg, run_dir, reporter
         self.strategy = build_strategy(cfg)
         self.is_main = self.strategy.rank == 0
-        # one writer per run dir: rank 0 takes the lease before anything is written (a refusal changes nothing)
-        self.lease = acquire_run_lease(cfg, run_dir, takeover=takeover, owner=lease_owner) if self.is_main else None
+        self.lease = None
         try:
-            self._build(cfg, run_dir, force)
+            self._build(cfg, run_dir, force, takeover, lease_owner)
         except BaseException:
-            if self.lease is not None:
+            if self.lease is not None:  # a failed start leaves the run dir free for the next attempt
                 self.lease.release()
             raise
 
-    def _build(self, cfg, run_dir: str, force: bool) -> None:
+    def _build(self, cfg, run_dir: str, force: bool, takeover: bool, lease_owner: str | None) -> None:
         s = self.strategy
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -76,12 +68,16 @@ class Trainer:
                 f"optim.accumulation {cfg.optim.accumulation} micro-batches; pick a multiple of "
                 f"{s.world_size * cfg.optim.accumulation}")
         self.micro = per_rank // cfg.optim.accumulation
-        if self.is_main:
-            prepare_run_dir(cfg, run_dir, force)
-        s.barrier()
-
+        # the data is opened before the run dir is written: a wrong data path leaves nothing behind
         self.source = build_source(cfg.data)
         self.info = self.source.info
+        if self.is_main:
+            check_run_dir(cfg, run_dir, force)
+            # one writer per run dir: the lease is taken before the first file is written (a refusal changes nothing)
+            self.lease = acquire_run_lease(cfg, run_dir, takeover=takeover, owner=lease_owner)
+            write_run_config(cfg, run_dir)
+        s.barrier()
+
         group = s.process_group if cfg.distributed.cross_replica_bn else None
         if cfg.distributed.cross_replica_bn and s.world_size == 1 and self.is_main:
             log.warning("distributed.cross_replica_bn with one process: plain batch norm statistics are used")
@@ -326,9 +322,8 @@ class Trainer:
         sig.verdict = ("ok", "warn", "diverged")[agreed]
         try:
             action = self.watchdog.resolve(agreed, sig)
-        except Exception as err:  # WatchdogGaveUp after too many rollbacks: the last divergence is an event too
-            if type(err).__name__ == "WatchdogGaveUp":
-                self.event({"event": "diverged", "reason": "gave up", "report": str(err)})
+        except WatchdogGaveUp as err:  # after too many rollbacks: the last divergence is an event too
+            self.event({"event": "diverged", "reason": "gave up", "report": err.report})
             raise
         if action is not None:
             self.rollback(action)
@@ -338,7 +333,7 @@ class Trainer:
         self.event({"event": "diverged", "reason": action.reason, "signals": action.details})
         restored = self.ckpt.restore_healthy(at_most=self.step)
         if restored is None:
-            raise WatchdogStop(
+            raise WatchdogGaveUp(
                 f"diverged at step {self.step} ({action.reason}) but no checkpoint is marked healthy yet; the run "
                 f"dir is intact. Lower the learning rates or save checkpoints earlier (checkpoint.every).")
         self.lr_factor *= m.lr_scale
@@ -459,14 +454,10 @@ def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None, takeo
         summary = trainer.run()
         clean = True
         return summary
-    except Exception as err:
-        if type(err).__name__ in ("WatchdogGaveUp", "WatchdogStop"):
-            report = getattr(err, "report", str(err))
-            trainer.event({"event": "gave_up", "report": report})
-            if trainer.is_main:
-                path = os.path.join(run_dir, "watchdog_report.txt")
-                with open(path, "w") as f:
-                    f.write(report + "\n")
+    except WatchdogGaveUp as err:
+        trainer.event({"event": "gave_up", "report": err.report})
+        if trainer.is_main:
+            atomic_write_text(os.path.join(run_dir, "watchdog_report.txt"), err.report + "\n")
         raise
     finally:
         trainer.close(clean)

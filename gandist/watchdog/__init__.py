@@ -11,7 +11,7 @@ _EXPORTS = {
     "Action": "gandist.watchdog.policy",
     "Mitigation": "gandist.watchdog.policy",
     "Watchdog": "gandist.watchdog.policy",
-    "WatchdogGaveUp": "gandist.watchdog.policy",
+    "WatchdogGaveUp": "gandist.errors",
 }
 
 __all__ = list(_EXPORTS)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from gandist.errors import WatchdogGaveUp
 from gandist.train.signals import Signals
 from gandist.watchdog.config import WatchdogConfig
 from gandist.watchdog.detectors import DIVERGED, OK, VERDICTS, Finding, build_detectors, flatten, run_detectors
@@ -34,14 +35,6 @@ class Action:
     reason: str
     details: dict = field(default_factory=dict)
     mitigation: Mitigation = field(default_factory=Mitigation)
-
-
-class WatchdogGaveUp(RuntimeError):
-    """Too many rollbacks within the window; `report` says what happened (the loop prints it and exits 3)."""
-
-    def __init__(self, report: str) -> None:
-        super().__init__(report)
-        self.report = report
 
 
 class Watchdog:

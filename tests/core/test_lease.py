@@ -126,7 +126,7 @@ def test_lease_on_s3_via_moto(moto_endpoint, s3_bucket, tmp_path, monkeypatch):
     Lease(f"{ckpt_url}/lease.json", 120, storage_options=options).acquire()  # someone else's live lease
     with pytest.raises(LeaseHeld):
         run_training(cfg, str(tmp_path / "run"))
-    assert not (tmp_path / "run").exists()  # refused before anything was written
+    assert list((tmp_path / "run").iterdir()) == []  # refused before any file was written
     run_training(cfg, str(tmp_path / "run"), takeover=True)
     probe = Lease(f"{ckpt_url}/lease.json", 120, storage_options=options)
     assert probe.read() is None  # released when the run ended

@@ -86,3 +86,8 @@ def test_s3_pattern_matching_nothing_names_the_url(moto_endpoint, s3_bucket):
     first = f"s3://{s3_bucket}/none/train-000000.tar"
     with pytest.raises(UserError, match=rf"matches no existing shard \(first: {first}\)"):
         make(f"s3://{s3_bucket}/none", moto_endpoint)
+
+
+def test_s3_bucket_that_does_not_exist_names_the_url(moto_endpoint):
+    with pytest.raises(UserError, match=r"s3://gandist-no-such-bucket/x/train-000000\.tar"):
+        make("s3://gandist-no-such-bucket/x", moto_endpoint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gandist.cli import UserError
+from gandist.errors import UserError
 from gandist.eval.features import (DigitsNet, InceptionV3FID, load_digits_net, load_feature_net, load_inception,
                                    sha256_of, train_digits_net)
 

@@ -6,7 +6,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from gandist.cli import UserError
+from gandist.errors import UserError
 from gandist.eval import frechet_distance
 from gandist.eval.fid import (FeatureBuffer, FeatureStats, InceptionScoreStats, inception_score,
                               kernel_inception_distance, precision_recall)

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from gandist.cli import UserError
+from gandist.errors import UserError
 from gandist.config import config_from_dict
 from gandist.eval.periodic import Evaluator
 

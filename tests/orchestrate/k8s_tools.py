@@ -1,13 +1,16 @@
-"""Offline Kubernetes checks for tests: KubeRay CRD schemas, Kubernetes' own schemas, and a small kustomize.
+"""Offline Kubernetes checks for tests: KubeRay CRD schemas, Kubernetes' own schemas, and `kubectl kustomize`.
 
 The CRD YAML lives outside the repo (../shared/schemas/kuberay, see its SOURCE.md); tests skip when it is absent.
-The kustomize here covers what k8s/ uses (resources, configMapGenerator, namespace, JSON6902 patches) so the
-overlays can be rendered where no kustomize/kubectl binary exists; when kubectl exists, a test compares the two.
+k8s/ is rendered by kubectl's built-in kustomize, the one `kubectl apply -k` runs for users (.ci/run installs
+kubectl); tests that render skip with `kubectl_missing()` as their reason where it is absent or too old.
 """
 from __future__ import annotations
 
 import copy
 import functools
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO.parent / "shared" / "schemas" / "kuberay"
 CRD_FILES = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
 K8S_VERSION = kubernetes_validate.latest_version()
+KUSTOMIZE_MAJOR = 5  # k8s/ uses `patches:` with inline JSON6902 ops; kubectl 1.20's kustomize v2 cannot read them
 
 
 def _strict(schema):
@@ -73,66 +77,28 @@ def has_schema(doc: dict) -> bool:
     return "." not in doc.get("apiVersion", "").split("/")[0] or doc["apiVersion"].split("/")[0].endswith("k8s.io")
 
 
-# -- a small kustomize ------------------------------------------------------------------------------------------
+# -- rendering with kubectl's kustomize --------------------------------------------------------------------------
 
 
-def _pointer(path: str) -> list:
-    return [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")]
-
-
-def json_patch(doc: dict, ops: list[dict]) -> dict:
-    """RFC 6902 add/replace/remove (what the overlays use)."""
-    for op in ops:
-        *parents, last = _pointer(op["path"])
-        node = doc
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if isinstance(node, list):
-            index = len(node) if last == "-" else int(last)
-            if op["op"] == "add":
-                node.insert(index, copy.deepcopy(op["value"]))
-            elif op["op"] == "replace":
-                node[index] = copy.deepcopy(op["value"])
-            else:
-                del node[index]
-        elif op["op"] in ("add", "replace"):
-            if op["op"] == "replace" and last not in node:
-                raise KeyError(f"replace {op['path']}: no such key")
-            node[last] = copy.deepcopy(op["value"])
-        elif op["op"] == "remove":
-            del node[last]
-        else:
-            raise ValueError(f"unsupported JSON patch op {op['op']}")
-    return doc
+@functools.lru_cache(maxsize=None)
+def kubectl_missing() -> str | None:
+    """Why `kubectl kustomize` cannot render k8s/ here (the skip reason), or None when it can."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        return "kubectl (with its built-in kustomize) is not installed; .ci/run installs it (apt-get install kubectl)"
+    # --client asks no server; kustomizeVersion is e.g. "v5.5.0"
+    out = subprocess.run([kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60)
+    version = json.loads(out.stdout or "{}").get("kustomizeVersion", "") if out.returncode == 0 else ""
+    major = version.lstrip("v").split(".")[0]
+    if not major.isdigit() or int(major) < KUSTOMIZE_MAJOR:
+        return (f"{kubectl} has kustomize {version or 'of unknown version'}; k8s/ needs kustomize "
+                f"v{KUSTOMIZE_MAJOR} (kubectl 1.27 or newer)")
+    return None
 
 
 def kustomize(folder: Path) -> list[dict]:
-    """Render a kustomization folder to its list of manifests."""
-    folder = Path(folder)
-    k = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    docs: list[dict] = []
-    for res in k.get("resources", []):
-        path = folder / res
-        docs += kustomize(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
-    for gen in k.get("configMapGenerator", []):
-        data = {}
-        for entry in gen.get("files", []):
-            key, _, file = entry.rpartition("=") if "=" in entry else (Path(entry).name, "", entry)
-            data[key] = (folder / file).read_text()
-        existing = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == gen["name"]]
-        if gen.get("behavior", "create") == "create":
-            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
-        elif gen["behavior"] == "replace":
-            existing[0]["data"] = data
-        else:
-            existing[0]["data"].update(data)
-    for patch in k.get("patches", []):
-        target = patch["target"]
-        ops = yaml.safe_load(patch["patch"])
-        for doc in docs:
-            if doc["kind"] == target.get("kind") and doc["metadata"]["name"] == target.get("name", doc["metadata"]["name"]):
-                json_patch(doc, ops)
-    if "namespace" in k:
-        for doc in docs:
-            doc["metadata"]["namespace"] = k["namespace"]
-    return docs
+    """Render a kustomization folder with `kubectl kustomize` to its list of manifests."""
+    out = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"kubectl kustomize {folder} failed (exit {out.returncode}): {out.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]

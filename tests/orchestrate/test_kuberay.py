@@ -2,8 +2,6 @@
 KubeRay's CRD schema and Kubernetes' own schemas, and carry what a cluster run needs."""
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,12 +11,15 @@ import yaml
 from gandist.config import ExperimentConfig, load_config
 from gandist.orchestrate.kuberay import KubeRayOptions, render_raycluster, render_rayjob, to_yaml
 
-from .k8s_tools import CRD_DIR, REPO, has_schema, kustomize, pod_templates, validate
+from .conftest import gandist
+from .k8s_tools import CRD_DIR, REPO, has_schema, kubectl_missing, kustomize, pod_templates, validate
 
 K8S = REPO / "k8s"
 OVERLAYS = sorted(p for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file())
 needs_crds = pytest.mark.skipif(not (CRD_DIR / "ray.io_rayjobs.yaml").is_file(),
                                 reason=f"KubeRay CRD schemas not found at {CRD_DIR} (see the project's shared/ data)")
+needs_kubectl = pytest.mark.skipif(kubectl_missing() is not None, reason=kubectl_missing() or "")
+RENDERED = [K8S / "base", *OVERLAYS]  # what `kubectl apply -k` is pointed at
 
 
 def _manifest_files() -> list[Path]:
@@ -45,20 +46,39 @@ def test_experiment_configs_in_k8s_load(path):
     assert cfg.telemetry.port == 9100  # the port the pod templates expose as gandist-m0
 
 
+def _pod_references(doc: dict) -> set[tuple[str, str]]:
+    """(kind, name) of every ConfigMap and PersistentVolumeClaim the pod templates of a RayJob/RayCluster mount."""
+    refs = set()
+    for template in pod_templates(doc):
+        for volume in template["spec"].get("volumes", []):
+            if "configMap" in volume:
+                refs.add(("ConfigMap", volume["configMap"]["name"]))
+            if "persistentVolumeClaim" in volume:
+                refs.add(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+    return refs
+
+
 @needs_crds
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_overlay_renders_and_validates(overlay):
-    docs = kustomize(overlay)
+@needs_kubectl
+@pytest.mark.parametrize("folder", RENDERED, ids=lambda p: str(p.relative_to(K8S)))
+def test_kubectl_kustomize_renders_a_valid_and_consistent_stack(folder):
+    docs = kustomize(folder)
     kinds = sorted(d["kind"] for d in docs)
     assert {"RayJob", "RayCluster", "ConfigMap", "PersistentVolumeClaim", "PodMonitor"} <= set(kinds)
     for doc in docs:
         if has_schema(doc):
             validate(doc)
-    ns = yaml.safe_load((overlay / "kustomization.yaml").read_text())["namespace"]
-    assert {d["metadata"]["namespace"] for d in docs} == {ns}
+    ns = yaml.safe_load((folder / "kustomization.yaml").read_text()).get("namespace")
+    assert {d["metadata"].get("namespace") for d in docs} == {ns}
+    # kustomize does not rewrite names inside CRDs: what the pods mount must exist under exactly that name
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for doc in docs:
+        if doc["kind"] in ("RayJob", "RayCluster"):
+            missing = sorted(_pod_references(doc) - rendered)
+            assert not missing, f"{doc['kind']} {doc['metadata']['name']} mounts {missing}, which {folder} lacks"
     config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "gandist-config")
     cfg = ExperimentConfig.model_validate(yaml.safe_load(config_map["data"]["config.yaml"]))
-    assert cfg.model_dump() == load_config(overlay / "config.yaml").model_dump()
+    assert cfg.model_dump() == load_config(folder / "config.yaml").model_dump()
     rayjob = next(d for d in docs if d["kind"] == "RayJob")
     workers = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
@@ -67,24 +87,21 @@ def test_overlay_renders_and_validates(overlay):
     ray_workers = int(entry[entry.index("--workers") + 1])
     gpus_per_worker = float(entry[entry.index("--gpus-per-worker") + 1])
     assert ray_workers * gpus_per_worker == gpus_in_pods  # the job asks for exactly the GPUs the pods hold
-    if overlay.name == "gpu-8x":
+    if folder.name == "gpu-8x":
         assert gpus_in_pods == 8 and cfg.distributed.strategy == "zero2"
         ports = [p["name"] for p in workers["template"]["spec"]["containers"][0]["ports"]]
         assert [f"gandist-m{i}" for i in range(8)] == [p for p in ports if p.startswith("gandist-m")]
-    else:
+    elif folder.name == "cpu-dev":
         assert gpus_in_pods == 0 and "nodeSelector" not in workers["template"]["spec"]
+    else:
+        assert gpus_in_pods == 2 and ns is None  # the base: 2 GPU pods, namespace left to the overlays
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with built-in kustomize) not installed")
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_small_kustomize_matches_kubectl_kustomize(overlay):
-    out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60,
-                         check=True).stdout
-    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
-    theirs = sorted((d for d in yaml.safe_load_all(out) if d), key=key)
-    ours = sorted(kustomize(overlay), key=key)
-    assert [key(d) for d in ours] == [key(d) for d in theirs]
-    assert ours == theirs
+@needs_kubectl
+def test_kubectl_kustomize_failure_names_the_folder_and_the_cause(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources:\n- missing.yaml\n")
+    with pytest.raises(RuntimeError, match=f"kubectl kustomize {tmp_path} failed .*missing.yaml"):
+        kustomize(tmp_path)
 
 
 def test_base_manifests_match_the_renderer():
@@ -186,6 +203,19 @@ def test_submit_kuberay_cli_writes_a_valid_rayjob(tmp_path, capsys):
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert worker["nodeSelector"] == {"pool": "h100"} and rayjob["metadata"]["namespace"] == "ml"
     assert "--workers 8 --gpus-per-worker 1" in rayjob["spec"]["entrypoint"]  # 2 pods x 4 GPUs
+
+
+@needs_crds
+def test_submit_kuberay_without_out_writes_only_the_manifests_to_stdout():
+    # what `gandist submit --kuberay ... | kubectl apply -f -` feeds kubectl: the real console script, its stdout alone
+    proc = gandist("submit", str(REPO / "configs" / "demo_digits.yaml"), "--kuberay", "--set",
+                   "distributed.strategy=ddp", "--workers", "2", "--gpus-per-worker", "0", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    docs = list(yaml.safe_load_all(proc.stdout))
+    assert [d["kind"] for d in docs] == ["ConfigMap", "RayJob"]
+    for doc in docs:
+        validate(doc)
+    assert "--workers 2 --gpus-per-worker 0" in docs[1]["spec"]["entrypoint"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gandist.cli import UserError
+from gandist.errors import UserError
 from gandist.config import load_config
 from gandist.orchestrate.ray_train import check_worker_request, split_run_dir
 

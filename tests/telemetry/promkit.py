@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import urllib.request
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,3 +37,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def fetch_metrics(url: str) -> str:
+    """The exposition text a live /metrics endpoint serves now, read over HTTP as Prometheus reads it."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def promtool_findings(promtool: str, text: str) -> str:
+    """What `promtool check metrics` reports about an exposition ("" when clean: exit 0 and nothing printed)."""
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    findings = (result.stdout + result.stderr).strip()
+    if result.returncode != 0 and not findings:
+        findings = f"promtool check metrics exited with {result.returncode} and printed nothing"
+    return findings
+
+
+def assert_promtool_clean(promtool: str, urls: list[str]) -> None:
+    """Scrape each endpoint and fail with promtool's findings for every one it flags."""
+    flagged = []
+    for url in urls:
+        text = fetch_metrics(url)
+        assert "gandist_step" in text, f"{url} serves no gandist metrics:\n{text[:2000]}"
+        findings = promtool_findings(promtool, text)
+        if findings:
+            flagged.append(f"{url}:\n{findings}")
+    assert not flagged, "`promtool check metrics` flags these scrapes:\n" + "\n".join(flagged)

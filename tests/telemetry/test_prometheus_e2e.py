@@ -1,5 +1,6 @@
 """End to end with real parts: a real Prometheus scrapes a real 2-rank DDP `gandist train` run (torchrun, gloo),
-then every PromQL expression of the dashboard and of the alert rules runs against Prometheus' HTTP API."""
+then every PromQL expression of the dashboard and of the alert rules runs against Prometheus' HTTP API, and every
+rank's live /metrics passes `promtool check metrics`."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from promkit import free_port
+from promkit import assert_promtool_clean, free_port
 
 from gandist.telemetry import dashboard
 from gandist.telemetry.metrics import file_sd_target
@@ -122,7 +123,7 @@ def prometheus(tmp_path):
         log.close()
 
 
-def test_dashboard_and_alert_queries_run_against_prometheus_scraping_a_2_rank_ddp_run(prometheus, tmp_path):
+def test_dashboard_and_alert_queries_run_against_prometheus_scraping_a_2_rank_ddp_run(prometheus, promtool, tmp_path):
     prom, sd_dir = prometheus
     metrics_port = two_free_ports()
     # Prometheus' discovery hands new targets to its scrapers at most every 5 s, so targets that appear when the
@@ -176,6 +177,8 @@ def test_dashboard_and_alert_queries_run_against_prometheus_scraping_a_2_rank_dd
         assert sorted(r["metric"]["rank"] for r in ranks) == ["0", "1"]
         ports = sorted(int(r["metric"]["instance"].rsplit(":", 1)[1]) for r in ranks)
         assert ports == [metrics_port, metrics_port + 1]  # telemetry.port + local rank
+        # Prometheus' own linter on what each rank serves mid-run (after its rollback: every series exists)
+        assert_promtool_clean(promtool, [f"http://127.0.0.1:{port}/metrics" for port in ports])
 
         empty, failed = [], []
         for title, expr, needs_cuda in dashboard.dashboard_queries():
@@ -252,7 +255,7 @@ def lockstep_check(mine: list[tuple[float, float]], other: list[tuple[float, flo
 @pytest.mark.xdist_group("ray")
 @pytest.mark.skipif(not (ROOT / "gandist" / "orchestrate" / "ray_train.py").is_file(),
                     reason="gandist/orchestrate/ray_train.py (gandist train --ray) is not in this checkout yet")
-def test_prometheus_scrapes_each_ray_train_worker_on_port_plus_local_rank(prometheus, tmp_path):
+def test_prometheus_scrapes_each_ray_train_worker_on_port_plus_local_rank(prometheus, promtool, tmp_path):
     prom, sd_dir = prometheus
     metrics_port = two_free_ports()
     cmd = [
@@ -280,6 +283,7 @@ def test_prometheus_scrapes_each_ray_train_worker_on_port_plus_local_rank(promet
         ports = sorted(int(r["metric"]["instance"].rsplit(":", 1)[1]) for r in series)
         assert ports == [metrics_port, metrics_port + 1]  # Ray Train sets LOCAL_RANK; each worker serves its own
         assert all(float(r["value"][1]) > 0 for r in series)  # both are training
+        assert_promtool_clean(promtool, [f"http://127.0.0.1:{port}/metrics" for port in ports])
     finally:
         stop(driver, signal.SIGINT, grace=60)  # SIGINT: Ray Train aborts the run and the driver stops local Ray
         log.close()

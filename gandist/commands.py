@@ -63,7 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                               gpus_per_worker=args.gpus_per_worker, force=args.force, takeover=args.takeover)
     from gandist.train.loop import run_training
 
-    summary = run_training(cfg, run_dir, force=args.force, takeover=args.takeover)  # WatchdogGaveUp: cli.main prints it, exit 3
+    # WatchdogGaveUp: cli.main prints it, exit 3
+    summary = run_training(cfg, run_dir, force=args.force, takeover=args.takeover)
     if os.environ.get("RANK", "0") == "0":
         print(format_summary(summary))
     return 0

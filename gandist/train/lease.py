@@ -53,7 +53,7 @@ def describe(record: dict, now: float) -> str:
 
 
 class Lease:
-    """A run dir's lease at `url`, for owner id `owner`; acquire() it, then start() the heartbeat, release() at the end."""
+    """The lease at `url` for owner id `owner`: acquire(), start() the heartbeat, release() at the end."""
 
     def __init__(self, url: str, timeout_s: float, owner: str | None = None, storage_options: dict | None = None):
         self.url, self.timeout_s = url, float(timeout_s)

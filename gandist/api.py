@@ -50,12 +50,17 @@ def load_run(run_dir: str, checkpoint: str | int = "latest", device: str = "cpu"
     di = ckpt.shared["data_info"]
     info = DataInfo(tuple(di["shape"]), di["num_classes"], tuple(di["value_range"]))
     G, D = resolve(ARCHS, cfg.model.arch, "model.arch")(cfg.model, info, BuildContext(None, cfg.augment.pack))
-    G.load_state_dict(ckpt.shared["G"])
-    D.load_state_dict(ckpt.shared["D"])
     G_ema = None
     if ckpt.shared.get("G_ema") is not None:
         G_ema = resolve(ARCHS, cfg.model.arch, "model.arch")(cfg.model, info, BuildContext(None, cfg.augment.pack))[0]
-        G_ema.load_state_dict(ckpt.shared["G_ema"])
+    for name, net in (("G", G), ("D", D), ("G_ema", G_ema)):
+        if net is None:
+            continue
+        try:
+            net.load_state_dict(ckpt.shared[name])
+        except RuntimeError as err:  # shapes or keys that this config's nets do not have
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(f"{ckpt.path}/shared.pt: {name} does not fit {cfg_path} ({first})") from None
     nets = [n for n in (G, D, G_ema) if n is not None]
     for n in nets:
         n.to(device).eval().requires_grad_(False)

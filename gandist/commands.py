@@ -17,6 +17,8 @@ def add_core_commands(sub) -> None:
                    help="override a config key, e.g. --set train.batch_size=64 (repeatable)")
     p.add_argument("--run-dir", help="run directory (default runs/<name>)")
     p.add_argument("--force", action="store_true", help="continue a run dir whose config differs")
+    p.add_argument("--takeover", action="store_true",
+                   help="take the run dir's lease from the process holding it (stop that one first)")
     p.add_argument("--ray", action="store_true", help="run the workers with Ray Train")
     p.add_argument("--address", help="Ray cluster address (with --ray; default: local)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (with --ray)")
@@ -32,6 +34,14 @@ def add_core_commands(sub) -> None:
     g.add_argument("--class", dest="class_id", type=int, default=None, help="class to generate (conditional G)")
     g.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
     g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("checkpoint", help="checkpoint maintenance")
+    csub = c.add_subparsers(dest="checkpoint_command", required=True)
+    conv = csub.add_parser("convert", help="rewrite checkpoints of an older gandist (format 1) in the safe format")
+    conv.add_argument("run_dir", help="run dir (its config.yaml names checkpoint.url) or a checkpoints URL")
+    conv.add_argument("--trusted", action="store_true",
+                      help="you vouch for these files: reading them once unpickles them, which can run code")
+    conv.set_defaults(func=cmd_checkpoint_convert)
 
 
 def setup_logging() -> None:
@@ -50,10 +60,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from gandist.orchestrate.ray_train import train_with_ray
 
         return train_with_ray(cfg, run_dir, address=args.address, workers=args.workers,
-                              gpus_per_worker=args.gpus_per_worker, force=args.force)
+                              gpus_per_worker=args.gpus_per_worker, force=args.force, takeover=args.takeover)
     from gandist.train.loop import run_training
 
-    summary = run_training(cfg, run_dir, force=args.force)  # WatchdogGaveUp: cli.main prints it, exit 3
+    # WatchdogGaveUp: cli.main prints it, exit 3
+    summary = run_training(cfg, run_dir, force=args.force, takeover=args.takeover)
     if os.environ.get("RANK", "0") == "0":
         print(format_summary(summary))
     return 0
@@ -87,4 +98,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     save_png(args.out, render(x, run.config, f"step {run.step}"))
     print(f"wrote {args.out} ({args.num} samples, step {run.step}, {os.path.basename(run.checkpoint)})")
+    return 0
+
+
+def cmd_checkpoint_convert(args: argparse.Namespace) -> int:
+    from gandist.checkpoint import convert_old_checkpoints
+
+    if not args.trusted:
+        raise UserError("gandist checkpoint convert reads old checkpoints with weights_only=False, which runs any "
+                        "code a tampered file holds; pass --trusted if these files are your own")
+    url = args.run_dir
+    cfg_path = os.path.join(args.run_dir, "config.yaml")
+    if os.path.isfile(cfg_path):
+        import yaml
+
+        from gandist.config import config_from_dict
+
+        cfg = config_from_dict(yaml.safe_load(open(cfg_path)) or {}, cfg_path)
+        url = cfg.checkpoint.url or os.path.join(args.run_dir, "checkpoints")
+    converted = convert_old_checkpoints(url)
+    print(f"converted {len(converted)} checkpoint(s) under {url}: {', '.join(converted) or 'none needed it'}")
     return 0

@@ -101,6 +101,9 @@ class CheckpointConfig(Section):
     every: int = Field(500, ge=1, description="Save every k G steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Checkpoints kept (healthy and best ones are kept too).")
     url: str | None = Field(None, description="fsspec URL for checkpoints (default: RUN_DIR/checkpoints).")
+    lease_timeout_s: float = Field(120.0, gt=0, description=(
+        "A run dir's lease (one writer per run dir) without a heartbeat for this long is stale and taken over; "
+        "the holder refreshes it every lease_timeout_s / 4."))
 
 
 DOUBLE_BACKWARD_PENALTIES = ("r1", "gp", "dragan", "path_length")  # their loss holds a gradient (create_graph)

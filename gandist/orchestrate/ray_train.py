@@ -114,7 +114,16 @@ def _train_worker(config: dict) -> None:
     # --force (accept a changed config in an existing run dir) applies to the first attempt; after a restart Ray
     # hands back the last reported checkpoint, the run dir already holds this config, and the loop resumes it
     force = config["force"] and ray.train.get_checkpoint() is None
-    run_training(cfg, config["run_dir"], force=force, reporter=RayReporter(config["experiment_dir"]))
+    # The lease owner is the Ray run itself (its experiment dir), not this process: Ray's restart of a failed
+    # worker group and a re-run of a dead driver are the same run and take its lease over at once, while a plain
+    # `gandist train` (or a Ray run of another experiment dir) on this run dir stays refused by a live lease.
+    run_training(cfg, config["run_dir"], force=force, reporter=RayReporter(config["experiment_dir"]),
+                 takeover=config.get("takeover", False), lease_owner=ray_lease_owner(config["experiment_dir"]))
+
+
+def ray_lease_owner(experiment_dir: str) -> str:
+    """The run dir lease's owner id shared by every driver and worker group of one Ray run."""
+    return f"ray:{experiment_dir.rstrip('/')}"
 
 
 def wait_for_placement(workers: int, resources: dict, timeout_s: float) -> None:
@@ -138,7 +147,8 @@ def wait_for_placement(workers: int, resources: dict, timeout_s: float) -> None:
 
 
 def train_with_ray(cfg: ExperimentConfig, run_dir: str, *, address: str | None, workers: int,
-                   gpus_per_worker: float, force: bool, pending_timeout_s: float | None = None) -> int:
+                   gpus_per_worker: float, force: bool, pending_timeout_s: float | None = None,
+                   takeover: bool = False) -> int:
     """Train `cfg` with `workers` Ray Train workers; returns the exit code (0: finished)."""
     check_worker_request(cfg, workers, gpus_per_worker)
     if address:
@@ -163,7 +173,7 @@ def train_with_ray(cfg: ExperimentConfig, run_dir: str, *, address: str | None, 
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_dir": experiment_dir, "force": force,
-                           "experiment_dir": experiment_dir},
+                           "experiment_dir": experiment_dir, "takeover": takeover},
         torch_config=TorchConfig(backend=backend),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

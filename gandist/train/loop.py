@@ -25,7 +25,8 @@ from gandist.registry import ARCHS, resolve
 from gandist.strategies import build_strategy
 from gandist.strategies.base import OptimSetup
 from gandist.train import ema as ema_lib
-from gandist.train.rundir import JsonlWriter, prepare_run_dir
+from gandist.train.lease import acquire_run_lease
+from gandist.train.rundir import JsonlWriter, check_run_dir, write_run_config
 from gandist.train.signals import Signals
 from gandist.train.state import CheckpointIO
 
@@ -43,11 +44,21 @@ def lazy_optim(adam, penalties, net: str) -> OptimSetup:
 class Trainer:
     """Owns one run: nets, strategy, data, penalties, EMA, checkpoints, sinks."""
 
-    def __init__(self, cfg, run_dir: str, *, force: bool = False, reporter=None):
+    def __init__(self, cfg, run_dir: str, *, force: bool = False, reporter=None, takeover: bool = False,
+                 lease_owner: str | None = None):
         self.cfg, self.run_dir, self.reporter = cfg, run_dir, reporter
         self.strategy = build_strategy(cfg)
+        self.is_main = self.strategy.rank == 0
+        self.lease = None
+        try:
+            self._build(cfg, run_dir, force, takeover, lease_owner)
+        except BaseException:
+            if self.lease is not None:  # a failed start leaves the run dir free for the next attempt
+                self.lease.release()
+            raise
+
+    def _build(self, cfg, run_dir: str, force: bool, takeover: bool, lease_owner: str | None) -> None:
         s = self.strategy
-        self.is_main = s.rank == 0
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         per_rank = cfg.train.batch_size // s.world_size
@@ -61,7 +72,10 @@ class Trainer:
         self.source = build_source(cfg.data)
         self.info = self.source.info
         if self.is_main:
-            prepare_run_dir(cfg, run_dir, force)
+            check_run_dir(cfg, run_dir, force)
+            # one writer per run dir: the lease is taken before the first file is written (a refusal changes nothing)
+            self.lease = acquire_run_lease(cfg, run_dir, takeover=takeover, owner=lease_owner)
+            write_run_config(cfg, run_dir)
         s.barrier()
 
         group = s.process_group if cfg.distributed.cross_replica_bn else None
@@ -424,11 +438,17 @@ class Trainer:
         self.events_log.close()
         self.loader.close()
         self.strategy.close(clean)
+        if self.lease is not None:  # this process writes nothing more: the next run may start at once
+            self.lease.release()
 
 
-def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None) -> dict:
-    """Train `cfg` in `run_dir` (resuming when it holds a checkpoint); returns the run summary."""
-    trainer = Trainer(cfg, run_dir, force=force, reporter=reporter)
+def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None, takeover: bool = False,
+                 lease_owner: str | None = None) -> dict:
+    """Train `cfg` in `run_dir` (resuming when it holds a checkpoint); returns the run summary.
+
+    takeover: take the run dir's lease from a live holder; lease_owner: the owner id of a restartable run (Ray).
+    """
+    trainer = Trainer(cfg, run_dir, force=force, reporter=reporter, takeover=takeover, lease_owner=lease_owner)
     clean = False
     try:
         summary = trainer.run()

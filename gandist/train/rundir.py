@@ -12,8 +12,13 @@ from gandist.errors import UserError
 from gandist.fileio import atomic_write_text
 
 
-def prepare_run_dir(cfg, run_dir: str, force: bool) -> None:
-    """Create run_dir and write config.yaml; refuse a run dir whose config differs unless force (rank 0 only)."""
+def write_run_config(cfg, run_dir: str) -> None:
+    """Write the resolved config.yaml (after check_run_dir and after taking the run dir's lease)."""
+    atomic_write_text(os.path.join(run_dir, "config.yaml"), cfg.to_yaml())
+
+
+def check_run_dir(cfg, run_dir: str, force: bool) -> None:
+    """Create run_dir (writable) and refuse one whose config differs unless force; writes no file."""
     from gandist.config import config_from_dict
 
     try:
@@ -34,7 +39,6 @@ def prepare_run_dir(cfg, run_dir: str, force: bool) -> None:
             raise UserError(
                 f"{run_dir}: holds a run with a different config ({changed_keys(old, cfg)}); use another --run-dir,"
                 " or --force to continue it with the new config")
-    atomic_write_text(path, cfg.to_yaml())
 
 
 def changed_keys(old, new, limit: int = 4) -> str:

@@ -16,16 +16,37 @@ log = logging.getLogger("gandist.train")
 
 
 def rng_state() -> dict:
+    """Every RNG's state as tensors and plain types (checkpoints are loaded with weights_only=True)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return plain_rng_state(state)
+
+
+def plain_rng_state(state: dict) -> dict:
+    """numpy's get_state() tuple and python's getstate() tuple as a dict of tensors / lists of ints."""
+    out = dict(state)
+    if isinstance(state["numpy"], tuple):
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        # MT19937's 624 uint32 words, held as int64 so that any torch can read them back
+        out["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    version, internal, gauss_next = state["python"]
+    out["python"] = [int(version), [int(v) for v in internal], gauss_next]
+    return out
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore rng_state()'s output (a format-1 numpy tuple and python tuple are accepted too)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        keys = np.asarray(numpy_state["keys"].numpy() if torch.is_tensor(numpy_state["keys"]) else numpy_state["keys"])
+        numpy_state = (numpy_state["kind"], keys.astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"],
+                       numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -42,6 +63,8 @@ class CheckpointIO:
     # -- save ------------------------------------------------------------------------------------------------
     def save(self) -> None:
         t, s = self.t, self.t.strategy
+        if getattr(t, "lease", None) is not None:
+            t.lease.check()  # taken over by another process: write nothing more
         t0 = time.perf_counter()
         shared, per_rank = s.state_dict()  # every rank takes part (ZeRO gathers)
         healthy = t.watchdog.healthy(t.step) if t.watchdog else True
@@ -85,7 +108,7 @@ class CheckpointIO:
         s = self.t.strategy
         step = None
         if s.rank == 0:
-            found = self.store.load_newest(rank=None, **kwargs)
+            found = self.store.load_newest(rank=0, **kwargs)  # rank 0's own file is verified in the choice too
             step = found.step if found else None
         step = s.broadcast_object(step)
         return None if step is None else self.store.load(step, rank=s.rank)

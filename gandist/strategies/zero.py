@@ -180,7 +180,7 @@ class ZeroStrategy(DistributedBase, Strategy):
 
     def net(self, name: str):
         """ZeRO-1/2: the plain module, without engine.forward's output hooks (see the module docstring); ZeRO-3: the
-        engine (it gathers parameters around its forward; gradient penalties are refused at config time)."""
+        engine, as its tests cover (no inner autograd.grad there: penalties that differentiate twice are refused)."""
         return self.engines[name] if self.stage == 3 else self.engines[name].module
 
     def module(self, name: str) -> nn.Module:

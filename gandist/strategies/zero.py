@@ -8,6 +8,11 @@ Pitfalls handled here (each has a test in tests/distributed/):
   `set_gradient_accumulation_boundary(last_micro)` and step() is the only call that steps the engine.
 - Engines broadcast parameters but not buffers: spectral-norm u/v/sigma and BN running stats are broadcast from
   rank 0 at setup and after every step.
+- engine.forward hooks its outputs for torch-style `loss.backward()`: any autograd pass over them, the inner
+  `autograd.grad(create_graph=True)` of R1 / GP / DRAGAN included, ran the engine's backward epilogue (gradient
+  reduction, IndexError in ZeRO-2's empty buckets) in the middle of the loss and divided the output gradient by the
+  accumulation steps. ZeRO-1/2 forwards run the plain module (DeepSpeed's forward hooks on it still run) and every
+  backward is engine.backward, which scales and reduces itself.
 - ZeRO-3 gathers a module's own parameters around its forward; gandist's SN layers keep the weight as their own
   parameter (gandist/nn/spectral_norm.py), so W/sigma(W) sees the full weight. `gathered()` gives full weights for
   EMA and orthogonal regularization.
@@ -168,13 +173,15 @@ class ZeroStrategy(DistributedBase, Strategy):
                     f"{self.cfg.distributed.strategy}, distributed.zero, train.amp={amp}: {err} "
                     f"(generated config: {json.dumps(ds_config)})") from err
             self.engines[n] = engine
-            engine.register_forward_pre_hook(lambda _module, _args, n=n: self._forwarded.add(n))
+            if self.stage == 3:
+                engine.register_forward_pre_hook(lambda _module, _args, n=n: self._forwarded.add(n))
         self.base_lr = {n: optim[n].lr for n in NETS}
         self.lr_scale = {n: 1.0 for n in NETS}
 
     def net(self, name: str):
-        """The DeepSpeed engine (ZeRO-3 gathers parameters around its forward)."""
-        return self.engines[name]
+        """ZeRO-1/2: the plain module, without engine.forward's output hooks (see the module docstring); ZeRO-3: the
+        engine, as its tests cover (no inner autograd.grad there: penalties that differentiate twice are refused)."""
+        return self.engines[name] if self.stage == 3 else self.engines[name].module
 
     def module(self, name: str) -> nn.Module:
         """The plain module inside the engine (parameters partitioned under ZeRO-3: see gathered())."""
@@ -197,8 +204,8 @@ class ZeroStrategy(DistributedBase, Strategy):
         engine = self.engines[name]
         engine.set_gradient_accumulation_boundary(bool(last_micro))
         if name not in self._forwarded:
-            # a loss computed through the plain module (the regularizers: R1, path length) skipped the engine's
-            # forward, which resets DeepSpeed's per-backward gradient-hook state
+            # a loss computed through the plain module (every ZeRO-1/2 forward; ZeRO-3's regularizers) skipped the
+            # engine's forward, which resets DeepSpeed's per-backward gradient-hook state
             if hasattr(engine.optimizer, "clear_backward_seen_flag"):
                 engine.optimizer.clear_backward_seen_flag()
             # such a loss may reach a parameter's gradient node with no gradient (path length and StyleGAN2's

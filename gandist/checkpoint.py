@@ -36,6 +36,7 @@ import torch
 
 from gandist.errors import CheckpointError
 from gandist.fileio import atomic_write_bytes
+from gandist.randomness import plain_rng_state
 
 log = logging.getLogger("gandist.checkpoint")
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -321,7 +322,6 @@ class CheckpointStore:
 
 def convert_old_checkpoints(url: str) -> list[str]:
     """Rewrite every format-1 checkpoint under `url` as format 2 (trusted files only: this unpickles them)."""
-    from gandist.train.state import plain_rng_state
 
     store = CheckpointStore(url)
     done = []

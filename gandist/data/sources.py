@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from gandist.data.base import BatchIterator, DataInfo, DataSource, rank_positions
 from gandist.data.folders import IMAGE_SUFFIXES, list_image_folder
 from gandist.errors import UserError
-from gandist.objectives.augment import stream_seed
+from gandist.randomness import stream_seed
 
 
 def toy2d_centres(mixture: str) -> tuple[torch.Tensor, float]:

@@ -17,7 +17,7 @@ NUM_MODES = 1000
 
 def _seed(seed: int, draw: int) -> int:
     """A 63-bit seed per (seed, draw), stable across processes and Python runs."""
-    from gandist.objectives.augment import stream_seed
+    from gandist.randomness import stream_seed
 
     return stream_seed(seed, "stacked_digits", draw)
 

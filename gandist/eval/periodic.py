@@ -26,7 +26,7 @@ def default_metrics(data_kind: str) -> list[str]:
 
 
 def _stream_seed(*parts) -> int:
-    from gandist.objectives.augment import stream_seed
+    from gandist.randomness import stream_seed
 
     return stream_seed(*parts)
 

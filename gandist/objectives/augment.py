@@ -1,53 +1,10 @@
-"""Augmentations of D's inputs: DiffAugment, instance noise, PacGAN packing; and world-size-invariant randomness."""
+"""Augmentations of D's inputs: DiffAugment, instance noise, PacGAN packing (random draws from gandist.randomness)."""
 from __future__ import annotations
 
-import hashlib
-import math
 
 import torch
 
-
-def stream_seed(*parts) -> int:
-    """A 63-bit seed from any tuple (seed, step, tag, ...): independent streams per phase and purpose."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-class GlobalRandom:
-    """Random draws for this rank's slice of the global batch.
-
-    Draws are made for all `global_n` samples from a generator seeded by (seed, step, tag) and sliced at `offset`,
-    so single-process training with batch 2b and two ranks with batch b see the same numbers. Large per-sample draws
-    (image-sized noise) come from one stream per sample instead, so a rank never materializes the global batch's
-    noise (3x1024x1024 x 64 samples would be 800 MB per call); that is world-size invariant as well.
-    """
-
-    PER_SAMPLE_STREAMS_FROM = 4096  # elements per sample from which each sample gets its own stream
-
-    def __init__(self, seed: int, step: int, tag: str, offset: int, global_n: int, device: torch.device | str = "cpu"):
-        self.seed, self.step, self.tag = seed, step, tag
-        self.offset, self.global_n = offset, global_n
-        self.device = torch.device(device)
-        self._calls = 0
-
-    def _generator(self, *sample: int) -> torch.Generator:
-        return torch.Generator().manual_seed(stream_seed(self.seed, self.step, self.tag, self._calls, *sample))
-
-    def _draw(self, fn, n: int, shape: tuple[int, ...]) -> torch.Tensor:
-        self._calls += 1  # each call gets its own stream, identical on every rank
-        if math.prod(shape) >= self.PER_SAMPLE_STREAMS_FROM:
-            rows = [fn(shape, generator=self._generator(i)) for i in range(self.offset, self.offset + n)]
-            return torch.stack(rows).to(self.device)
-        full = fn((self.global_n, *shape), generator=self._generator())
-        return full[self.offset:self.offset + n].to(self.device)
-
-    def rand(self, n: int, *shape: int) -> torch.Tensor:
-        """Uniform [0, 1) of shape [n, *shape] for this rank's n samples."""
-        return self._draw(torch.rand, n, shape)
-
-    def randn(self, n: int, *shape: int) -> torch.Tensor:
-        """Standard normal of shape [n, *shape] for this rank's n samples."""
-        return self._draw(torch.randn, n, shape)
+from gandist.randomness import GlobalRandom
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from gandist.objectives.augment import GlobalRandom, consistency_transform
+from gandist.objectives.augment import consistency_transform
+from gandist.randomness import GlobalRandom
 
 
 @dataclass

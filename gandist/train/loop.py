@@ -19,8 +19,8 @@ from gandist.errors import UserError, WatchdogGaveUp
 from gandist.fileio import atomic_write_text
 from gandist.models.base import BuildContext
 from gandist.objectives import losses
-from gandist.objectives.augment import GlobalRandom, stream_seed
 from gandist.objectives.penalties import PenaltyContext, build_penalties
+from gandist.randomness import GlobalRandom, stream_seed
 from gandist.registry import ARCHS, resolve
 from gandist.strategies import build_strategy
 from gandist.strategies.base import OptimSetup

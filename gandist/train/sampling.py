@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from gandist.objectives.augment import stream_seed
+from gandist.randomness import stream_seed
 from gandist.telemetry import samples as png
 
 

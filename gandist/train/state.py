@@ -3,52 +3,14 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 
-import numpy as np
-import torch
 
 from gandist.checkpoint import CheckpointStore
 from gandist.errors import CheckpointError
+from gandist.randomness import rng_state, set_rng_state
 
 log = logging.getLogger("gandist.train")
-
-
-def rng_state() -> dict:
-    """Every RNG's state as tensors and plain types (checkpoints are loaded with weights_only=True)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return plain_rng_state(state)
-
-
-def plain_rng_state(state: dict) -> dict:
-    """numpy's get_state() tuple and python's getstate() tuple as a dict of tensors / lists of ints."""
-    out = dict(state)
-    if isinstance(state["numpy"], tuple):
-        kind, keys, pos, has_gauss, cached = state["numpy"]
-        # MT19937's 624 uint32 words, held as int64 so that any torch can read them back
-        out["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-    version, internal, gauss_next = state["python"]
-    out["python"] = [int(version), [int(v) for v in internal], gauss_next]
-    return out
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore rng_state()'s output (a format-1 numpy tuple and python tuple are accepted too)."""
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    if isinstance(numpy_state, dict):
-        keys = np.asarray(numpy_state["keys"].numpy() if torch.is_tensor(numpy_state["keys"]) else numpy_state["keys"])
-        numpy_state = (numpy_state["kind"], keys.astype(np.uint32), numpy_state["pos"], numpy_state["has_gauss"],
-                       numpy_state["cached_gaussian"])
-    np.random.set_state(numpy_state)
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class CheckpointIO:

@@ -14,7 +14,7 @@ from gandist.checkpoint import FORMAT_VERSION, CheckpointStore
 from gandist.config import load_config
 from gandist.errors import CheckpointError
 from gandist.train.loop import run_training
-from gandist.train.state import rng_state, set_rng_state
+from gandist.randomness import rng_state, set_rng_state
 
 TINY = ["model.arch=mlp", "model.hidden=8", "model.depth=1", "train.batch_size=8", "telemetry.progress=false",
         "telemetry.sample_every=0", "checkpoint.every=2", "checkpoint.keep_last=5"]

@@ -11,7 +11,8 @@ from gandist.config import load_config
 from gandist.data.base import DataInfo
 from gandist.models.base import BuildContext
 from gandist.objectives import losses
-from gandist.objectives.augment import GlobalRandom, prepare_d_input
+from gandist.objectives.augment import prepare_d_input
+from gandist.randomness import GlobalRandom
 from gandist.objectives.penalties import PenaltyContext, build_penalties
 from gandist.registry import ARCHS, resolve
 

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 from gandist.objectives.augment import (
-    GlobalRandom, add_instance_noise, cutout_mask, diff_augment, instance_noise_std, pack, prepare_d_input,
+    add_instance_noise, cutout_mask, diff_augment, instance_noise_std, pack, prepare_d_input,
     rand_cutout, rand_translation, translate,
 )
 from gandist.objectives.config import AugmentConfig, InstanceNoiseConfig
+from gandist.randomness import GlobalRandom
 
 
 def rand_for(n: int, offset: int = 0, global_n: int | None = None, step: int = 3, tag: str = "D") -> GlobalRandom:

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from gandist.objectives.augment import GlobalRandom, consistency_transform, pack
+from gandist.objectives.augment import consistency_transform, pack
+from gandist.randomness import GlobalRandom
 from gandist.objectives.config import (
     ConsistencyConfig, DraganConfig, GradientPenaltyConfig, OrthoConfig, PathLengthConfig, R1Config, WeightClipConfig,
 )

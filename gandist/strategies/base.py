@@ -229,6 +229,19 @@ def build_adam(params, setup: OptimSetup) -> torch.optim.Optimizer:
     return cls(params, lr=setup.lr, betas=setup.betas, eps=setup.eps, weight_decay=setup.weight_decay, foreach=False)
 
 
+def zero_fill_missing_grads(params) -> None:
+    """Give each parameter without a gradient an exact zero one, so that an optimizer step steps every parameter.
+
+    ZeRO's optimizers work on flat partitions and must step every element (Adam moves it by its momentum and counts
+    the step); torch's Adam skips a parameter whose grad is None. A lazy penalty leaves some parameters without a
+    gradient (R1: D's output bias; ortho: every bias), so without this single and ddp trained other weights than
+    zero1/2/3 on the same batch. One semantics for every strategy: a step steps the whole net.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
 def layer_grad_norms(module: nn.Module) -> tuple[float, dict[str, float], int]:
     """(total norm, per-parameter norms, non-finite count) of a module's current gradients."""
     norms: dict[str, float] = {}

@@ -20,7 +20,7 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from gandist.strategies.base import (NETS, OptimSetup, StepStats, Strategy, TorchOptimizerState, build_adam,
-                                     layer_grad_norms)
+                                     layer_grad_norms, zero_fill_missing_grads)
 from gandist.strategies.dist_env import DistributedBase, broadcast_module
 
 
@@ -71,6 +71,7 @@ class DDPStrategy(TorchOptimizerState, DistributedBase, Strategy):
 
     def step(self, name: str) -> StepStats:
         """All-reduce (mean) the phase's gradients, measure them, clip, Adam step, zero grads, sync buffers."""
+        zero_fill_missing_grads(self.trainable[name])
         self._average_gradients(name)
         optimizer, scaler, module = self.optimizers[name], self.scalers[name], self.modules[name]
         if scaler is not None:

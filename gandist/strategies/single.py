@@ -9,7 +9,7 @@ from torch import nn
 
 from gandist.errors import UserError
 from gandist.strategies.base import (NETS, OptimSetup, StepStats, Strategy, TorchOptimizerState, build_adam,
-                                     layer_grad_norms)
+                                     layer_grad_norms, zero_fill_missing_grads)
 
 
 def pick_device(cfg, local_rank: int = 0) -> torch.device:
@@ -85,6 +85,7 @@ class SingleStrategy(TorchOptimizerState, Strategy):
 
     def step(self, name: str) -> StepStats:
         optimizer, scaler, module = self.optimizers[name], self.scalers[name], self.modules[name]
+        zero_fill_missing_grads(p for p in module.parameters() if p.requires_grad)
         if scaler:
             scaler.unscale_(optimizer)
         norm, layers, nonfinite = layer_grad_norms(module)

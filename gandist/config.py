@@ -167,6 +167,10 @@ class ExperimentConfig(Section):
             if p.kind == "weight_clip" and p.every > 1:
                 raise ValueError(f"penalties.{i}: weight_clip clamps D's weights after every D step and has no lazy "
                                  f"form (every: {p.every}); set every: 1 or drop the key")
+            if p.kind == "weight_clip" and self.distributed.strategy.startswith("zero"):
+                raise ValueError(f"penalties.{i}: weight_clip clamps D's module weights, which distributed.strategy="
+                                 f"{self.distributed.strategy} overwrites from its optimizer's own fp32 copy; use "
+                                 "distributed.strategy=ddp, or a gradient penalty (gp) instead of clipping")
             if p.kind == "path_length" and arch != "stylegan2":
                 raise ValueError(f"penalties.{i}: path_length regularizes StyleGAN2's mapping/synthesis, which "
                                  f"model.arch={arch} does not have; remove it from penalties or use model.arch=stylegan2")

@@ -60,9 +60,11 @@ TINY_MODELS = {
 RESOLUTION = {"biggan": 32, "biggan_deep": 32}  # BigGAN starts at 32 px; the others train at 16
 BATCH, STEPS, WORLD = 16, 2, 2
 HAS_BATCH_NORM = ("dcgan", "resnet", "biggan", "biggan_deep")
-# elementwise |a - b| <= atol + rtol * |b| after STEPS steps; bf16 rounds each matmul input to 8 bits of mantissa,
-# and two reduction orders round differently
-TOLERANCE = {"off": (1e-6, 1e-4), "bf16": (2e-4, 2e-2)}
+# fp32: elementwise |a - b| <= ATOL + RTOL * |b| after STEPS steps (weights move by ~lr = 1e-3 per step)
+ATOL, RTOL = 1e-6, 1e-4
+# bf16 autocast rounds matmul inputs to 8 mantissa bits, and StyleGAN2 draws its per-pixel noise from each rank's
+# torch RNG (as stylegan2-ada): a norm relative to the whole net, ||a - b|| <= MODEL_RTOL * ||b||
+MODEL_RTOL = 1e-3
 
 
 def canonical(combo: dict) -> dict:
@@ -324,21 +326,46 @@ class RankGroup:
                 p.join()
 
 
-def compare(run_dir: str, reference_dir: str, amp: str) -> tuple[bool, str]:
-    """Whether G, D and EMA G agree elementwise within TOLERANCE[amp]; the worst entry either way."""
-    import gandist
+def _float_entries(net) -> dict:
+    # running statistics do not enter a training step: BN's running mean/var (batch statistics are used) and
+    # StyleGAN2's w_avg (the truncation target); under per-rank batch norm DDP keeps rank 0's
+    skip = ("running_mean", "running_var", "w_avg")
+    return {k: v.float() for k, v in net.state_dict().items() if v.dtype.is_floating_point and not k.endswith(skip)}
 
-    atol, rtol = TOLERANCE[amp]
+
+def approximate(combo: dict) -> str | None:
+    """Why a combination can only be compared with a whole-net norm (None: elementwise)."""
+    if combo["amp"] == "bf16":
+        return "bf16 rounding"
+    if combo["arch"] == "stylegan2" and combo["strategy"] != "single":
+        return "per-rank noise"
+    if combo["arch"] in ("biggan", "biggan_deep") and not combo["cross_replica_bn"] and combo["strategy"] != "single":
+        # per-rank BN is matched by WORLD x the micro-batches on one process, which iterates SN's power method more
+        return "per-rank BN with SN"
+    return None
+
+
+def compare(run_dir: str, reference_dir: str, combo: dict) -> tuple[bool, str]:
+    """Whether G, D and EMA G agree with the reference: elementwise |a - b| <= atol + rtol * |b| in fp32; a norm
+    relative to the whole net under bf16, whose rounding flips the sign of near-zero gradients (an lr-sized step)."""
+    import gandist
+    import torch
+
     a, b = gandist.load_run(run_dir), gandist.load_run(reference_dir)
-    worst, where = 0.0, ""
+    worst, where, approx = 0.0, "", approximate(combo)
     for net in ("G", "D", "G_ema"):
-        sa, sb = getattr(a, net).state_dict(), getattr(b, net).state_dict()
+        sa, sb = _float_entries(getattr(a, net)), _float_entries(getattr(b, net))
+        if approx:
+            if approx == "per-rank BN with SN":  # power-iteration state: it follows the number of forwards
+                sb = {k: v for k, v in sb.items() if not k.endswith((".u", ".v", ".sigma"))}
+            diff = torch.cat([(sa[k] - sb[k]).reshape(-1) for k in sb]).norm()
+            ratio = float(diff / torch.cat([v.reshape(-1) for v in sb.values()]).norm()) / MODEL_RTOL
+            if ratio > worst:
+                worst, where = ratio, f"{net}: ||a-b|| / ||b|| {ratio * MODEL_RTOL:.1e}, {approx}"
+            continue
         for k, vb in sb.items():
-            # BN running statistics do not enter training (batch statistics do); per-rank BN keeps rank 0's
-            if not vb.dtype.is_floating_point or k.endswith(("running_mean", "running_var")):
-                continue
-            diff = (sa[k].float() - vb.float()).abs()
-            ratio = float((diff / (atol + rtol * vb.float().abs())).max()) if diff.numel() else 0.0
+            diff = (sa[k] - vb).abs()
+            ratio = float((diff / (ATOL + RTOL * vb.abs())).max()) if diff.numel() else 0.0
             if ratio > worst:
                 worst, where = ratio, f"{net}.{k} |a-b| {float(diff.max()):.2e}"
     return worst <= 1.0, f"worst {worst:.2f} of tolerance ({where})" if where else "identical"
@@ -395,7 +422,7 @@ def run_matrix(combos: list[dict], progress: bool = True, timeout: float = 180) 
                 elif ref_error:
                     rows.append(Row(combo, "failed", f"single reference: {ref_error[0]}", time.time() - t0))
                 else:
-                    ok, detail = compare(run_dir, ref_dir, combo["amp"])
+                    ok, detail = compare(run_dir, ref_dir, combo)
                     rows.append(Row(combo, "trained" if ok else "failed",
                                     f"matches single: {detail}" if ok else f"differs from single: {detail}",
                                     time.time() - t0))

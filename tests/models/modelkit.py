@@ -12,7 +12,7 @@ def build(overrides: list[str], info: DataInfo, seed: int = 0):
     """(G, D) of a config given as `--set` overrides, on the CPU."""
     from gandist.registry import ARCHS, resolve
 
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, ["data.kind=digits", *overrides])  # image models: the config refuses toy2d data
     torch.manual_seed(seed)
     return resolve(ARCHS, cfg.model.arch, "model.arch")(cfg.model, info, BuildContext())
 

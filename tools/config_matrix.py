@@ -62,9 +62,10 @@ BATCH, STEPS, WORLD = 16, 2, 2
 HAS_BATCH_NORM = ("dcgan", "resnet", "biggan", "biggan_deep")
 # fp32: elementwise |a - b| <= ATOL + RTOL * |b| after STEPS steps (weights move by ~lr = 1e-3 per step)
 ATOL, RTOL = 1e-6, 1e-4
-# bf16 autocast rounds matmul inputs to 8 mantissa bits, and StyleGAN2 draws its per-pixel noise from each rank's
-# torch RNG (as stylegan2-ada): a norm relative to the whole net, ||a - b|| <= MODEL_RTOL * ||b||
-MODEL_RTOL = 1e-3
+# whole-net norms ||a - b|| <= rtol * ||b||, where elementwise agreement is not to be had: bf16 autocast rounds
+# matmul inputs to 8 mantissa bits (rtol: one bf16 step, 2^-8); StyleGAN2 draws its per-pixel noise from each
+# rank's torch RNG (as stylegan2-ada; its strengths start at 0 and move by ~lr per step); per-rank BN with SN
+MODEL_RTOL, BF16_RTOL, NOISE_RTOL = 1e-3, 4e-3, 1e-2
 
 
 def canonical(combo: dict) -> dict:
@@ -333,35 +334,39 @@ def _float_entries(net) -> dict:
     return {k: v.float() for k, v in net.state_dict().items() if v.dtype.is_floating_point and not k.endswith(skip)}
 
 
-def approximate(combo: dict) -> str | None:
-    """Why a combination can only be compared with a whole-net norm (None: elementwise)."""
+def approximate(combo: dict) -> dict[str, float]:
+    """Why a combination can only be compared with a whole-net norm, and that norm's tolerance ({}: elementwise)."""
+    multi = combo["strategy"] != "single"
+    why = {}
     if combo["amp"] == "bf16":
-        return "bf16 rounding"
-    if combo["arch"] == "stylegan2" and combo["strategy"] != "single":
-        return "per-rank noise"
-    if combo["arch"] in ("biggan", "biggan_deep") and not combo["cross_replica_bn"] and combo["strategy"] != "single":
+        why["bf16 rounding"] = BF16_RTOL
+    if combo["arch"] == "stylegan2" and multi:
+        why["per-rank noise"] = NOISE_RTOL
+    if combo["arch"] in ("biggan", "biggan_deep") and not combo["cross_replica_bn"] and multi:
         # per-rank BN is matched by WORLD x the micro-batches on one process, which iterates SN's power method more
-        return "per-rank BN with SN"
-    return None
+        why["per-rank BN with SN"] = MODEL_RTOL
+    return why
 
 
 def compare(run_dir: str, reference_dir: str, combo: dict) -> tuple[bool, str]:
-    """Whether G, D and EMA G agree with the reference: elementwise |a - b| <= atol + rtol * |b| in fp32; a norm
-    relative to the whole net under bf16, whose rounding flips the sign of near-zero gradients (an lr-sized step)."""
+    """Whether G, D and EMA G agree with the reference: elementwise |a - b| <= ATOL + RTOL * |b|, or, where
+    `approximate` says why not, ||a - b|| <= rtol * ||b|| over each whole net."""
     import gandist
     import torch
 
     a, b = gandist.load_run(run_dir), gandist.load_run(reference_dir)
-    worst, where, approx = 0.0, "", approximate(combo)
+    why = approximate(combo)
+    rtol = max(why.values(), default=0.0)
+    worst, where = 0.0, ""
     for net in ("G", "D", "G_ema"):
         sa, sb = _float_entries(getattr(a, net)), _float_entries(getattr(b, net))
-        if approx:
-            if approx == "per-rank BN with SN":  # power-iteration state: it follows the number of forwards
-                sb = {k: v for k, v in sb.items() if not k.endswith((".u", ".v", ".sigma"))}
+        if "per-rank BN with SN" in why:  # power-iteration state: it follows the number of forwards
+            sb = {k: v for k, v in sb.items() if not k.endswith((".u", ".v", ".sigma"))}
+        if why:
             diff = torch.cat([(sa[k] - sb[k]).reshape(-1) for k in sb]).norm()
-            ratio = float(diff / torch.cat([v.reshape(-1) for v in sb.values()]).norm()) / MODEL_RTOL
-            if ratio > worst:
-                worst, where = ratio, f"{net}: ||a-b|| / ||b|| {ratio * MODEL_RTOL:.1e}, {approx}"
+            ratio = float(diff / torch.cat([v.reshape(-1) for v in sb.values()]).norm())
+            if ratio / rtol > worst:
+                worst, where = ratio / rtol, f"{net}: ||a-b|| / ||b|| {ratio:.1e}, {' + '.join(why)}"
             continue
         for k, vb in sb.items():
             diff = (sa[k] - vb).abs()

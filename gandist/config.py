@@ -171,6 +171,11 @@ class ExperimentConfig(Section):
                 raise ValueError(f"penalties.{i}: weight_clip clamps D's module weights, which distributed.strategy="
                                  f"{self.distributed.strategy} overwrites from its optimizer's own fp32 copy; use "
                                  "distributed.strategy=ddp, or a gradient penalty (gp) instead of clipping")
+            if p.kind == "weight_clip" and (arch.startswith("biggan") or getattr(self.model, "spectral_norm", False)):
+                # D divides the clipped weights by their top singular value: the clip bounds nothing
+                raise ValueError(f"penalties.{i}: weight_clip on a spectrally normalized D (model.arch={arch}) is "
+                                 "undone by the normalization; set model.spectral_norm=false (mlp, dcgan, resnet), or "
+                                 "keep spectral norm and drop weight_clip")
             if p.kind == "path_length" and arch != "stylegan2":
                 raise ValueError(f"penalties.{i}: path_length regularizes StyleGAN2's mapping/synthesis, which "
                                  f"model.arch={arch} does not have; remove it from penalties or use model.arch=stylegan2")

@@ -95,6 +95,8 @@ def test_loading_a_config_does_not_import_torch():
     (["data.kind=digits", "model.arch=biggan", "data.resolution=32", "penalties=[{kind: path_length}]"],
      "penalties.0: path_length regularizes StyleGAN2's mapping/synthesis, which model.arch=biggan does not have"),
     (["penalties=[{kind: weight_clip, every: 4}]"], "penalties.0: weight_clip clamps D's weights after every D step"),
+    (["data.kind=digits", "model.arch=dcgan", "penalties=[{kind: weight_clip}]"],
+     "penalties.0: weight_clip on a spectrally normalized D (model.arch=dcgan) is undone by the normalization"),
     (["penalties=[{kind: gp}, {kind: weight_clip}]", "distributed.strategy=zero2"],
      "penalties.1: weight_clip clamps D's module weights, which distributed.strategy=zero2 overwrites"),
 ])

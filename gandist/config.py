@@ -178,7 +178,8 @@ class ExperimentConfig(Section):
                                  "keep spectral norm and drop weight_clip")
             if p.kind == "path_length" and arch != "stylegan2":
                 raise ValueError(f"penalties.{i}: path_length regularizes StyleGAN2's mapping/synthesis, which "
-                                 f"model.arch={arch} does not have; remove it from penalties or use model.arch=stylegan2")
+                                 f"model.arch={arch} does not have; remove it from penalties or use "
+                                 "model.arch=stylegan2")
         return self
 
     @model_validator(mode="after")

@@ -146,6 +146,43 @@ class ExperimentConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _fits_the_data(self) -> "ExperimentConfig":
+        # what the builders and the first step would trip over, said before a run dir is written: toy2d gives 2-D
+        # points, every other source images
+        points = self.data.kind == "toy2d"
+        arch = self.model.arch
+        if points and arch != "mlp":
+            raise ValueError(f"model.arch={arch} needs image data but data.kind=toy2d gives 2-D points; use "
+                             "model.arch=mlp for toy2d, or an image source (data.kind=digits)")
+        if not points and arch == "mlp":
+            raise ValueError(f"model.arch=mlp is for 2-D points but data.kind={self.data.kind} gives images; use "
+                             "data.kind=toy2d, or an image model (model.arch=dcgan, resnet, biggan or stylegan2)")
+        if points and self.augment.diffaugment:
+            raise ValueError(f"augment.diffaugment={self.augment.diffaugment!r} transforms images but data.kind=toy2d "
+                             "gives 2-D points; set augment.diffaugment='' (instance noise and pack do fit points)")
+        for i, p in enumerate(self.penalties):
+            if p.kind == "bcr" and points:
+                raise ValueError(f"penalties.{i}: bcr's transforms ({p.augment}) need images but data.kind=toy2d "
+                                 "gives 2-D points; remove bcr from penalties (gp, dragan or r1 fit points)")
+            if p.kind == "weight_clip" and p.every > 1:
+                raise ValueError(f"penalties.{i}: weight_clip clamps D's weights after every D step and has no lazy "
+                                 f"form (every: {p.every}); set every: 1 or drop the key")
+            if p.kind == "weight_clip" and self.distributed.strategy.startswith("zero"):
+                raise ValueError(f"penalties.{i}: weight_clip clamps D's module weights, which distributed.strategy="
+                                 f"{self.distributed.strategy} overwrites from its optimizer's own fp32 copy; use "
+                                 "distributed.strategy=ddp, or a gradient penalty (gp) instead of clipping")
+            if p.kind == "weight_clip" and (arch.startswith("biggan") or getattr(self.model, "spectral_norm", False)):
+                # D divides the clipped weights by their top singular value: the clip bounds nothing
+                raise ValueError(f"penalties.{i}: weight_clip on a spectrally normalized D (model.arch={arch}) is "
+                                 "undone by the normalization; set model.spectral_norm=false (mlp, dcgan, resnet), or "
+                                 "keep spectral norm and drop weight_clip")
+            if p.kind == "path_length" and arch != "stylegan2":
+                raise ValueError(f"penalties.{i}: path_length regularizes StyleGAN2's mapping/synthesis, which "
+                                 f"model.arch={arch} does not have; remove it from penalties or use "
+                                 "model.arch=stylegan2")
+        return self
+
+    @model_validator(mode="after")
     def _zero3_has_no_double_backward(self) -> "ExperimentConfig":
         # ZeRO-3 re-partitions each layer's weights after its forward and gathers them again for the first-order
         # backward only; a gradient penalty differentiates through a gradient (create_graph), and that second
@@ -269,6 +306,9 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
             lines.append(f"{path}: unknown key ({hint})")
         elif e["type"] == "union_tag_invalid":
             lines.append(f"{path}: {e['msg']}")
+        elif e["type"] == "value_error" and not shown:
+            # a check across sections: its message names the keys itself
+            lines.append(e["msg"].removeprefix("Value error, "))
         else:
             value = e.get("input")
             shown_value = "" if isinstance(value, (dict, list)) else f" (got {value!r})"

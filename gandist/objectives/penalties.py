@@ -203,6 +203,8 @@ class BalancedConsistency(Penalty):
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real", "rand")
         fake, fake_y = fakes(ctx)
+        # penalties run outside autocast: fakes made under bf16 autocast are cast back to the reals' dtype
+        fake = fake.to(ctx.real.dtype)
         value = self._term(ctx, ctx.real.detach(), ctx.real_y) + self._term(ctx, fake, fake_y)
         self.last_value = value
         return self.weight * value

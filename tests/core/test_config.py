@@ -85,3 +85,31 @@ def test_loading_a_config_does_not_import_torch():
     code = "import sys, gandist.config; gandist.config.load_config(None); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (["penalties=[{kind: bcr}]"], "penalties.0: bcr's transforms (translation,cutout) need images but data.kind=toy2d"),
+    (["augment.diffaugment=translation"], "augment.diffaugment='translation' transforms images but data.kind=toy2d"),
+    (["model.arch=dcgan"], "model.arch=dcgan needs image data but data.kind=toy2d gives 2-D points"),
+    (["data.kind=digits"], "model.arch=mlp is for 2-D points but data.kind=digits gives images"),
+    (["data.kind=digits", "model.arch=biggan", "data.resolution=32", "penalties=[{kind: path_length}]"],
+     "penalties.0: path_length regularizes StyleGAN2's mapping/synthesis, which model.arch=biggan does not have"),
+    (["penalties=[{kind: weight_clip, every: 4}]"], "penalties.0: weight_clip clamps D's weights after every D step"),
+    (["data.kind=digits", "model.arch=dcgan", "penalties=[{kind: weight_clip}]"],
+     "penalties.0: weight_clip on a spectrally normalized D (model.arch=dcgan) is undone by the normalization"),
+    (["penalties=[{kind: gp}, {kind: weight_clip}]", "distributed.strategy=zero2"],
+     "penalties.1: weight_clip clamps D's module weights, which distributed.strategy=zero2 overwrites"),
+])
+def test_what_does_not_fit_the_data_or_strategy_is_refused_in_one_line(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    message = str(err.value)
+    assert fragment in message and "\n" not in message and "Value error" not in message, message
+
+
+def test_a_penalty_that_does_not_fit_the_data_exits_2_before_writing_the_run_dir(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cli("train", "configs/toy_ring8_tiny.yaml", "--set", "penalties=[{kind: bcr}]", "--run-dir", run_dir,
+               check_rc=2)
+    assert "penalties.0: bcr" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not run_dir.exists()

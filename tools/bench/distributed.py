@@ -117,7 +117,9 @@ def _worker(rank: int, world: int, port: int, strategy_name: str, args, queue) -
     from gandist.strategies import build_strategy
     from gandist.strategies.base import OptimSetup
 
-    cfg = load_config(None, [f"model.arch={args.arch}", f"distributed.strategy={strategy_name}",
+    # the nets are built for `info` below; the data kind only has to be one an image model accepts
+    data = "data.kind=toy2d" if args.arch == "mlp" else "data.kind=digits"
+    cfg = load_config(None, [data, f"model.arch={args.arch}", f"distributed.strategy={strategy_name}",
                              f"train.batch_size={args.batch}", "train.device=cpu", f"train.amp={args.amp}"])
     info = DataInfo((768,) if args.standin else (3, args.resolution, args.resolution),
                     0 if args.standin else args.classes, (-1.0, 1.0))

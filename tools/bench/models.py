@@ -28,9 +28,10 @@ from gandist.registry import ARCHS, resolve  # noqa: E402
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # reduced widths so that a CPU measures in seconds; --full uses the published configs' widths
 REDUCED = {
-    "biggan": ["model.arch=biggan", "model.ch=8", "model.d_ch=8", "model.z_dim=120", "model.attention=[32]"],
-    "stylegan2": ["model.arch=stylegan2", "model.channel_base=1024", "model.channel_max=64", "model.z_dim=128",
-                  "model.w_dim=128", "model.mapping_layers=2"],
+    "biggan": ["data.kind=digits", "model.arch=biggan", "model.ch=8", "model.d_ch=8", "model.z_dim=120",
+               "model.attention=[32]"],
+    "stylegan2": ["data.kind=digits", "model.arch=stylegan2", "model.channel_base=1024", "model.channel_max=64",
+                  "model.z_dim=128", "model.w_dim=128", "model.mapping_layers=2"],
 }
 PUBLISHED = {"biggan": "biggan_128.yaml", "stylegan2": "stylegan2_256.yaml"}
 VARIANTS = [(False, False), (True, False), (False, True), (True, True)]  # (channels_last, compile)

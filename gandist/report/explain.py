@@ -64,7 +64,8 @@ def parse_trip(event: dict, cfg: dict | None = None) -> Trip:
 def _bounds(m, event, cfg) -> Trip:
     value, bound = _f(m.group(2)), _f(m.group(3))
     ratio = abs(value) / bound if bound > 0 and math.isfinite(value) else math.nan
-    return Trip("bounds", m.group(1), value, bound, f"{_g(ratio)}x its bound {_g(bound)}")
+    words = f"{ratio:.3g} times its bound {_g(bound)}" if math.isfinite(ratio) else f"past its bound {_g(bound)}"
+    return Trip("bounds", m.group(1), value, bound, words)
 
 
 def _spike(m, event, cfg) -> Trip:
@@ -145,4 +146,4 @@ def explain_rollback(event: dict, cfg: dict | None = None) -> str:
         text += f" The watchdog rolled every rank back to the healthy checkpoint of step {restored}{lost}"
     else:
         text += " The watchdog rolled back"
-    return text + f" and {mitigation_words(event.get('mitigation'))}."
+    return text + f", then {mitigation_words(event.get('mitigation'))}."

@@ -102,7 +102,9 @@ class OverviewBuilder:
         """A decimated trace of column `name`."""
         y = self.cols[name]
         idx = series.decimate(y, self.keep)
-        return Line(label or name.split("/", 1)[-1], self.steps[idx], y[idx], row)
+        if label is None:  # 'losses/D' -> 'D'; 'seconds/D' -> 'D phase' (not to be read as net D's value)
+            label = name.split("/", 1)[-1] + (" phase" if name.startswith("seconds/") else "")
+        return Line(label, self.steps[idx], y[idx], row)
 
     def panel(self, id: str, title: str, rows: list[str], names: list[list[str]], log_rows=(), **kw) -> Panel:
         """A panel with one row per list of column names (missing columns skipped)."""
@@ -197,8 +199,8 @@ def rollback_panel(run: RunData, index: int, event: dict) -> Panel:
     for row in (1, 2):  # a diverged value is often 10^4 x the healthy ones: a log axis shows both
         ys = np.concatenate([line.y for line in panel.lines if line.row == row] +
                             [np.array([b for r, b, _ in panel.bounds if r == row])])
-        ys = ys[np.isfinite(ys)]
-        if len(ys) and ys.min() > 0 and ys.max() / ys.min() > 100:
+        ys = ys[np.isfinite(ys) & (ys > 0)]  # a zero loss is dropped from a log axis, not a reason against it
+        if len(ys) and ys.max() / ys.min() > 100:
             panel.log_rows.add(row)
     panel.markers = [Marker(restored, f"checkpoint {restored}", "checkpoint"), Marker(diverged, "diverged", "rollback")]
     return panel

@@ -98,7 +98,8 @@ class RunData:
         return [e for e in self.events if e.get("event") in kinds]
 
 
-def _config(run_dir: Path) -> dict:
+def read_config(run_dir: Path) -> dict:
+    """RUN_DIR/config.yaml as a dict ({} when missing)."""
     import yaml
 
     path = run_dir / "config.yaml"
@@ -152,7 +153,7 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
         if read.skipped:
             warnings.append(f"{name}: skipped {read.skipped} line(s) cut mid-line or not JSON "
                             f"(used {len(read.records)} full line(s))")
-    config = _config(root)
+    config = read_config(root)
     timeline, abandoned = split_timeline(metrics.records)
     return RunData(root, config, metrics.records, timeline, abandoned, events.records, evals.records,
                    _samples(root), _best(root, config), warnings)

@@ -6,6 +6,8 @@ one-record spike survives), plus every record within `EVENT_RADIUS` records of a
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gandist.report.runlog import number
@@ -17,32 +19,29 @@ NESTED = ("losses", "grad_norm", "sigma", "lr", "seconds")
 SCALARS = ("d_real", "d_fake", "img_per_sec", "data_wait", "ema_distance", "ada_p", "images_seen", "nonfinite")
 
 
-def flat_items(record: dict):
-    """(name, float) pairs of a record: 'losses/D', 'sigma/G/net.0', 'd_real', ... (None values skipped)."""
-    for group in NESTED:
-        values = record.get(group)
-        if isinstance(values, dict):
-            for key, value in values.items():
-                yield f"{group}/{key}", number(value)
-    for key in SCALARS:
-        if record.get(key) is not None:
-            yield key, number(record[key])
-    augment = record.get("augment")
-    if isinstance(augment, dict) and augment.get("p") is not None:  # ADA's p, should it be logged nested
-        yield "ada_p", number(augment["p"])
+def _column(values: list) -> np.ndarray:
+    try:
+        return np.array(values, dtype=np.float64)  # also parses the writer's 'nan'/'inf' strings
+    except (TypeError, ValueError):
+        return np.array([number(v) for v in values], dtype=np.float64)
 
 
 def columns(records: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(steps, {flat name: float64 array}) with NaN where a record lacks the value."""
-    n = len(records)
+    nan = math.nan
     steps = np.array([r["step"] for r in records], dtype=np.int64)
     cols: dict[str, np.ndarray] = {}
-    for i, record in enumerate(records):
-        for name, value in flat_items(record):
-            col = cols.get(name)
-            if col is None:
-                col = cols[name] = np.full(n, np.nan)
-            col[i] = value
+    for group in NESTED:  # column by column: one list comprehension per signal, not one call per value
+        dicts = [r.get(group) if isinstance(r.get(group), dict) else {} for r in records]
+        for key in sorted({k for d in dicts for k in d}):
+            cols[f"{group}/{key}"] = _column([d.get(key, nan) for d in dicts])
+    for key in SCALARS:
+        values = [r.get(key) for r in records]
+        if any(v is not None for v in values):
+            cols[key] = _column([nan if v is None else v for v in values])
+    nested_p = [(r.get("augment") or {}).get("p") if isinstance(r.get("augment"), dict) else None for r in records]
+    if "ada_p" not in cols and any(v is not None for v in nested_p):  # ADA's p, should it be logged nested
+        cols["ada_p"] = _column([nan if v is None else v for v in nested_p])
     for col in cols.values():
         col[~np.isfinite(col)] = np.nan  # inf cannot be drawn; the diverged records carry the marker instead
     if "d_real" in cols and "d_fake" in cols:

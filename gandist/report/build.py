@@ -1,6 +1,7 @@
 """Build and write the report; `--watch` regenerates it every N seconds until Ctrl-C."""
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ def _gave_up_stories(run: RunData) -> list[str]:
 def build_report(run_dir: str, refresh: int | None = None) -> Report:
     """Read `run_dir` and build the page (refresh: seconds for the page to reload itself, for --watch)."""
     t0 = time.perf_counter()
+    if importlib.util.find_spec("plotly") is None:
+        raise UserError("gandist report needs plotly, one of gandist's dependencies: pip install 'plotly>=6'")
     run = load_run(run_dir)
     overview = panels.OverviewBuilder(run).build()
     rollbacks = panels.rollback_panels(run)

@@ -57,6 +57,10 @@ def header_facts(run: RunData) -> list[tuple[str, str]]:
         "running or interrupted"
     worlds = [e.get("world_size") for e in run.events_of("start") if e.get("world_size")]
     best = run.best_checkpoint or "none (no evaluation tagged one)"
+    best_eval = [e for e in run.evals if run.best_checkpoint and run.best_checkpoint == f"step-{e.get('step', -1):08d}"]
+    if best_eval:
+        best += " (" + ", ".join(f"{k} {number(v):.4g}" for k, v in best_eval[-1].items()
+                                 if k not in ("step", "time") and isinstance(v, (int, float)))[:120] + ")"
     rows = _config_facts(cfg) + [
         ("world size", ", ".join(str(w) for w in dict.fromkeys(worlds)) or "?"),
         ("steps", f"{last['step']:,}" + (f" of {int(target):,}" if target else "") + f" ({state})"),

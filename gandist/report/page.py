@@ -37,9 +37,11 @@ def figure(panel: Panel):
                                  colorbar={"title": {"text": h.colorbar}}, name="sigma",
                                  hovertemplate="step %{x}<br>%{y}<br>log10 sigma %{z:.3f}<extra></extra>"),
                       row=h.row, col=1)
-    for row, value, label in panel.bounds:
-        fig.add_hline(y=value, line={"dash": "dash", "color": "#ff7f0e", "width": 1.5}, row=row, col=1,
-                      annotation_text=label, annotation_position="top left")
+    for row, value, label in panel.bounds:  # a trace, not add_hline: its annotation lands off a log axis
+        xs = np.concatenate([line.x for line in panel.lines if line.row == row] or [np.zeros(1)])
+        fig.add_trace(go.Scatter(x=[float(xs.min()), float(xs.max())], y=[value, value], name=label, mode="lines",
+                                 line={"dash": "dash", "color": "#ff7f0e", "width": 1.5},
+                                 legendgroup=str(row)), row=row, col=1)
     for marker in panel.markers:
         colour = MARKER_COLOURS.get(marker.kind, "#555")
         fig.add_shape(type="line", xref="x", yref="paper", x0=marker.x, x1=marker.x, y0=0, y1=1,

@@ -66,6 +66,9 @@ class Panel:
             np.isfinite(line.y).any() for line in self.lines)
 
 
+EVAL_CONSTANTS = ("step", "time", "samples", "modes_total")  # eval/metrics.jsonl keys that are settings, not results
+
+
 def watchdog_markers(run: RunData) -> list[Marker]:
     """Every watchdog event (and every resume) as a vertical line on the time axis."""
     out = []
@@ -152,7 +155,7 @@ class OverviewBuilder:
         if not evals:
             return None
         keys = sorted({k for e in evals for k, v in e.items()
-                       if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)})
+                       if k not in EVAL_CONSTANTS and isinstance(v, (int, float)) and not isinstance(v, bool)})
         x = np.array([e["step"] for e in evals])
         lines = [Line(k, x, np.array([float(e.get(k, math.nan)) for e in evals]), r, markers=True)
                  for r, k in enumerate(keys, 1)]

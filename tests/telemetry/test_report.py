@@ -39,12 +39,15 @@ def gandist(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def spike_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A real ring8 run whose lr is spiked x100 at step 110: it diverges, rolls back to step 100 and finishes."""
+    """A real ring8 run whose lr is spiked x100 at step 110: it diverges, rolls back to step 100 and finishes.
+
+    Mode coverage is evaluated every 50 steps (the eval panel and the best checkpoint in the header)."""
     run_dir = tmp_path_factory.mktemp("report") / "spike"
     out = gandist("train", "configs/toy_ring8_tiny.yaml", "--run-dir", str(run_dir),
                   "--set", f"train.steps={STEPS}", "--set", "watchdog.inject.kind=lr_spike",
                   "--set", f"watchdog.inject.step={SPIKE_AT}", "--set", "telemetry.log_every=5",
-                  "--set", "telemetry.sample_every=40", "--set", "telemetry.progress=false")
+                  "--set", "telemetry.sample_every=40", "--set", "telemetry.progress=false",
+                  "--set", "eval.every=50", "--set", "eval.num=500")
     assert out.returncode == 0, out.stderr[-3000:]
     return run_dir, out
 
@@ -107,6 +110,7 @@ document.querySelectorAll('.js-plotly-plot').forEach(function (gd) {
 return {plots: out, panels: window.GANDIST_PANELS,
         resources: performance.getEntriesByType('resource').map(function (e) { return e.name; }),
         thumbs: document.querySelectorAll('img.thumb').length,
+        facts: document.getElementById('facts').textContent,
         big: (document.getElementById('sample-big') || {}).naturalWidth || 0,
         stories: Array.from(document.querySelectorAll('.story')).map(function (e) { return e.textContent; })};
 """
@@ -144,7 +148,7 @@ def test_report_renders_every_panel_in_chromium(spike_run, tmp_path):
     finally:
         driver.quit()
     assert errors == []
-    expected = {"losses", "logits", "grad_norm", "sigma", "lr", "throughput", "ema", "rollback-1"}
+    expected = {"losses", "logits", "grad_norm", "sigma", "lr", "throughput", "ema", "eval", "rollback-1"}
     assert expected <= set(state["panels"])
     for panel in state["panels"]:
         plot = state["plots"][f"plot-{panel}"]
@@ -153,6 +157,9 @@ def test_report_renders_every_panel_in_chromium(spike_run, tmp_path):
     assert [r for r in state["resources"] if not r.startswith("data:")] == []  # nothing fetched: offline
     assert state["thumbs"] == len(list((run_dir / "samples").glob("step-*.png"))) >= 3 and state["big"] > 0
     assert any(explain_rollback(_rollback(run_dir), load_run(run_dir).config) in s for s in state["stories"])
+    best = (run_dir / "checkpoints" / "best").read_text().strip()
+    assert f"best checkpoint{best} (" in state["facts"] and f"steps{STEPS} of {STEPS} (finished)" in state["facts"]
+    assert state["plots"]["plot-eval"]["points"] >= 2 * 3  # >= 2 evaluations x (modes, high_quality, reverse_kl)
     assert shot.stat().st_size > 50_000
     assert sorted(p.stem for p in (tmp_path / "png").glob("*.png")) == sorted(state["panels"])
     keep = os.environ.get("GANDIST_REPORT_SCREENSHOT_DIR")
@@ -183,8 +190,11 @@ def test_metrics_cut_mid_line_uses_every_full_line_and_says_how_many_were_skippe
     assert len(run.records) == full - 2  # line 5 merged with 6 into one bad line; the tail is not a line yet
     assert run.warnings == [f"metrics.jsonl: skipped 2 line(s) cut mid-line or not JSON (used {full - 2} full "
                             "line(s))"]
-    out = gandist("report", str(run_dir))
+    out = gandist("report", str(run_dir), "--png", str(tmp_path / "png"))
     assert out.returncode == 0 and "warning: metrics.jsonl: skipped 2 line(s)" in out.stdout
+    pngs = {p.stem: p.read_bytes() for p in (tmp_path / "png").glob("*.png")}
+    assert {"losses", "sigma", "rollback-1"} <= set(pngs)
+    assert all(data.startswith(b"\x89PNG") and len(data) > 10_000 for data in pngs.values())
 
 
 def test_run_still_being_written_is_read_up_to_its_last_newline(spike_run, tmp_path):

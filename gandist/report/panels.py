@@ -66,7 +66,8 @@ class Panel:
             np.isfinite(line.y).any() for line in self.lines)
 
 
-EVAL_CONSTANTS = ("step", "time", "samples", "modes_total")  # eval/metrics.jsonl keys that are settings, not results
+# eval/metrics.jsonl keys that are settings or bookkeeping, not results
+EVAL_CONSTANTS = ("step", "time", "num", "samples", "modes_total", "seconds")
 
 
 def watchdog_markers(run: RunData) -> list[Marker]:

@@ -265,3 +265,61 @@ def test_million_step_run_renders_in_seconds_under_10_mb(tmp_path):
         near = d_loss.x[(d_loss.x > event["checkpoint_step"] - 2_000) & (d_loss.x <= event["checkpoint_step"] + 2_000)]
         assert len(near) == 80
     assert [p.id for p in report.panels if p.id.startswith("rollback-")] == ["rollback-1", "rollback-2", "rollback-3"]
+
+
+# -- every detector's reason, parsed back (the detectors' own messages, so a rewording fails here) ----------------
+def _finding(detector, sequence: list[dict]):
+    found = None
+    for step, values in enumerate(sequence):
+        found = detector.check(step, values) or found
+    assert found is not None
+    return found
+
+
+def _event(finding, diverged=400, restored=350, **mitigation) -> dict:
+    return {"event": "rollback", "reason": finding.reason, "signals": {**finding.details, "step": diverged},
+            "diverged_step": diverged, "checkpoint_step": restored,
+            "mitigation": {"lr_scale": 0.5, "skip_batches": 0, "reseed": False, "r1_scale": 1.0, **mitigation}}
+
+
+def test_every_detector_reason_is_explained_with_its_bound():
+    import numpy as np
+
+    from gandist.watchdog import detectors as det
+    from gandist.watchdog.config import WatchdogConfig
+
+    cfg = WatchdogConfig()
+    config = {"watchdog": cfg.model_dump()}
+    rng = np.random.default_rng(0)
+    healthy = [{"loss/D": 1.0 + 0.05 * rng.standard_normal()} for _ in range(100)]
+    spike = _finding(det.SpikeDetector(cfg.spike), healthy + [{"loss/D": 50.0}])
+    trip = parse_trip(_event(spike), config)
+    z = spike.details["loss/D:robust_z"]
+    median = spike.details["loss/D:median"]
+    assert (trip.detector, trip.signal, trip.value) == ("spike", "loss/D", 50.0)
+    # the bound in loss units: where k = 10 robust std from the median lies
+    assert trip.bound == pytest.approx(median + (50.0 - median) * 10 / z, rel=1e-3) and median < trip.bound < 50
+    assert f"{z:.4g} robust std from its running median" in explain_rollback(_event(spike), config)
+    assert "(the bound is 10 robust std)" in explain_rollback(_event(spike), config)
+
+    sigma = _finding(det.SigmaGrowthDetector(cfg.sigma_growth),
+                     [{"sigma/D/conv1": 1.0 + 0.05 * s} for s in range(0, 120, 2)])
+    text = explain_rollback(_event(sigma), config)
+    assert parse_trip(_event(sigma), config).signal == "sigma/D/conv1"
+    assert "D/conv1" in text and "(the bound is 4x)" in text and "grew " in text
+
+    over = _finding(det.DOverpowerDetector(cfg.d_overpower), [{"gap": 25.0}] * 50)
+    trip = parse_trip(_event(over), config)
+    assert (trip.detector, trip.value, trip.bound) == ("d_overpower", 25.0, 20.0)
+    assert "above its bound 20 for 50 consecutive steps" in explain_rollback(_event(over), config)
+
+    nan = _finding(det.NonfiniteDetector(cfg.nonfinite), [{"loss/D": float("nan"), "nonfinite": 3.0}])
+    text = explain_rollback(_event(nan, skip_batches=4, reseed=True, r1_scale=2.0, lr_scale=0.25))
+    assert "non-finite detector found non-finite (NaN/Inf) in loss/D, nonfinite" in text
+    assert ("scaled both learning rates x0.25 (cumulative), skipped the next 4 data batch(es), switched to a new "
+            "latent-noise stream and scaled the R1 penalty weight x2 (cumulative)") in text
+
+    neutral = _event(nan, lr_scale=1.0)
+    neutral["reason"] = "diverged on another rank"
+    assert explain_rollback(neutral).endswith("changed nothing (watchdog.mitigation is neutral).")
+    assert "saw: diverged on another rank" in explain_rollback(neutral)

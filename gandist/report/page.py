@@ -51,7 +51,8 @@ def figure(panel: Panel):
         # only ever set "log": forcing "linear" on the heatmap's categorical (layer name) axis draws NaN-high images
         fig.update_yaxes(title_text=title, row=r, col=1, **({"type": "log"} if r in panel.log_rows else {}))
     fig.update_xaxes(title_text="step", row=rows, col=1)
-    fig.update_layout(title={"text": panel.title}, height=260 + 170 * rows + 8 * len(panel.heat.labels if panel.heat else []),
+    layers = len(panel.heat.labels) if panel.heat else 0
+    fig.update_layout(title={"text": panel.title}, height=260 + 170 * rows + 8 * layers,
                       margin={"l": 70, "r": 30, "t": 60, "b": 40}, legend={"orientation": "v"},
                       template="plotly_white")
     return fig

@@ -124,7 +124,8 @@ class OverviewBuilder:
         panels = [
             self.panel("losses", "D and G losses, and each regularizer", ["loss", "regularizer"][:1 + bool(regs)],
                        [losses, regs], log_rows=[2] if regs else []),
-            self.panel("logits", "D(real), D(fake) and their gap (mean logits)", ["logit"], [["d_real", "d_fake", "gap"]]),
+            self.panel("logits", "D(real), D(fake) and their gap (mean logits)", ["logit"],
+                       [["d_real", "d_fake", "gap"]]),
             self.panel("grad_norm", "Gradient norm per net (before clipping)", ["norm"], [_names(c, "grad_norm/")],
                        log_rows=[1]),
             self.sigma_panel(),

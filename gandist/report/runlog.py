@@ -140,8 +140,8 @@ def load_run(run_dir: str | os.PathLike) -> RunData:
         raise UserError(f"{root}: no such run directory (give the --run-dir of a `gandist train` run)")
     metrics_path = root / "metrics.jsonl"
     if not metrics_path.is_file():
-        raise UserError(f"{metrics_path}: no metrics in this run dir (is it a gandist run dir? `gandist train` "
-                        "writes metrics.jsonl every telemetry.log_every steps)")
+        raise UserError(f"{metrics_path}: no metrics in this run dir (give the --run-dir of a training: "
+                        "`gandist train` writes metrics.jsonl every telemetry.log_every steps)")
     metrics = read_jsonl_consistent(metrics_path)
     if not metrics.records:
         raise UserError(f"{metrics_path}: no complete metrics record yet (the run logs every telemetry.log_every "

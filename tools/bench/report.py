@@ -26,14 +26,15 @@ LAYERS = [f"{net}/blocks.{i}.conv{j}" for net in ("G", "D") for i in range(6) fo
 
 def _record(step: int, rng, t: float, lr: float, spike: float = 1.0) -> dict:
     decay = 1.0 / (1.0 + step / 2e5)
+    noise = rng.standard_normal
     return {
         "time": t, "step": step, "images_seen": step * 256,
-        "losses": {"D": float((1.2 + 0.2 * rng.standard_normal()) * spike), "G": float(0.8 + 0.3 * rng.standard_normal()),
+        "losses": {"D": float((1.2 + 0.2 * noise()) * spike), "G": float(0.8 + 0.3 * noise()),
                    "D/r1": float(abs(0.05 * decay + 0.01 * rng.standard_normal())),
                    "G/path_length": float(abs(0.2 + 0.02 * rng.standard_normal()))},
         "d_real": float(0.5 + 0.2 * rng.standard_normal()), "d_fake": float(-0.5 + 0.2 * rng.standard_normal()),
-        "grad_norm": {"D": float(abs(2 + rng.standard_normal()) * spike), "G": float(abs(1 + 0.5 * rng.standard_normal()))},
-        "sigma": {name: float(1 + 0.1 * i + step / 1e6 + 0.01 * rng.standard_normal()) for i, name in enumerate(LAYERS)},
+        "grad_norm": {"D": float(abs(2 + noise()) * spike), "G": float(abs(1 + 0.5 * noise()))},
+        "sigma": {name: float(1 + 0.1 * i + step / 1e6 + 0.01 * noise()) for i, name in enumerate(LAYERS)},
         "nonfinite": 0, "seconds": {"D": 0.11, "Dreg": 0.02, "G": 0.09, "Greg": 0.03}, "data_wait": 0.004,
         "img_per_sec": float(2300 + 100 * rng.standard_normal()), "lr": {"G": 0.0025 * lr, "D": 0.0025 * lr},
         "ema_distance": float(0.01 * decay), "skipped_samples": 0, "verdict": "diverged" if spike > 100 else "ok",

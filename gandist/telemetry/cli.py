@@ -1,4 +1,4 @@
-"""`gandist dashboard`: write the Grafana dashboard JSON, or regenerate every committed monitoring file."""
+"""`gandist dashboard` (Grafana JSON, committed monitoring files) and `gandist report` (an HTML page of a run)."""
 from __future__ import annotations
 
 import sys
@@ -17,6 +17,26 @@ def add_cli(subparsers) -> None:
         help="regenerate k8s/monitoring/* and monitoring/gandist-rules.yml under the repo root ROOT",
     )
     parser.set_defaults(func=run_dashboard)
+    add_report_cli(subparsers)
+
+
+def add_report_cli(subparsers) -> None:
+    """Register `gandist report` (its code lives in gandist/report/)."""
+    parser = subparsers.add_parser(
+        "report", help="write a self-contained HTML page of a run's signals that explains every watchdog rollback")
+    parser.add_argument("run_dir", help="the run dir of a `gandist train` run (finished or still training)")
+    parser.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
+    parser.add_argument("--png", metavar="DIR", help="also write every plot as DIR/<panel>.png (matplotlib)")
+    parser.add_argument("--watch", type=float, metavar="SECONDS",
+                        help="regenerate the page every SECONDS while the run trains (the page reloads itself); "
+                             "Ctrl-C stops")
+    parser.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from gandist.report.build import run_report
+
+    return run_report(args)
 
 
 def run_dashboard(args) -> int:

@@ -42,4 +42,20 @@ def format_summary(summary: dict) -> str:
     value_width = max(len(value) for _, value in rows)
     rule = "-" * (width + value_width + 3)
     lines = ["run summary", rule] + [f"{key:<{width}}   {value}" for key, value in rows] + [rule]
+    lines += [f"rollback {i}: {text}" for i, text in enumerate(rollback_stories(summary), 1)]
     return "\n".join(lines)
+
+
+def rollback_stories(summary: dict) -> list[str]:
+    """This session's rollbacks in words (the last `rollbacks` rollback events of RUN_DIR/events.jsonl)."""
+    count, run_dir = int(summary.get("rollbacks", 0) or 0), summary.get("run_dir")
+    if not count or not run_dir:
+        return []
+    from pathlib import Path
+
+    from gandist.report.explain import explain_rollback
+    from gandist.report.runlog import read_config, read_jsonl_consistent
+
+    events = [e for e in read_jsonl_consistent(Path(run_dir) / "events.jsonl").records if e.get("event") == "rollback"]
+    cfg = read_config(Path(run_dir))
+    return [explain_rollback(e, cfg) for e in events[-count:]]

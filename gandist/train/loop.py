@@ -22,6 +22,7 @@ from gandist.objectives import losses
 from gandist.objectives.penalties import PenaltyContext, build_penalties
 from gandist.randomness import GlobalRandom, stream_seed
 from gandist.registry import ARCHS, resolve
+from gandist.report.explain import explain_rollback
 from gandist.strategies import build_strategy
 from gandist.strategies.base import OptimSetup
 from gandist.train import ema as ema_lib
@@ -351,6 +352,8 @@ class Trainer:
                                  "r1_scale": m.r1_scale}}
         self.rollbacks.append(record)
         self.event(record)
+        if self.is_main:  # the same paragraph as the report's rollback panel (gandist/report/explain.py)
+            log.warning("watchdog: %s", explain_rollback(record, self.cfg.model_dump()))
 
     # -- outputs -----------------------------------------------------------------------------------------------
     def publish(self, sig: Signals, wall: float) -> None:

@@ -216,6 +216,13 @@ class Evaluator:
             key += (metrics.get("high_quality", 0.0), -metrics.get("reverse_kl", 0.0))
         return key
 
+    def state_dict(self) -> list | None:
+        """The best result so far (checkpointed: a resumed run must not tag a worse checkpoint best)."""
+        return list(self.best) if self.best else None
+
+    def load_state_dict(self, state: list | None) -> None:
+        self.best = tuple(state) if state else None
+
     def is_best(self, metrics: dict) -> bool:
         """True when `metrics` beat every earlier result of this Evaluator (lower FID/KID, more modes, ...)."""
         key = self._rank_key(metrics)

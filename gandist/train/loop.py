@@ -13,6 +13,7 @@ from contextlib import nullcontext
 
 import torch
 
+from gandist.checkpoint import CheckpointStore
 from gandist.data.base import micro_batch_start
 from gandist.data.sources import build_source
 from gandist.errors import UserError, WatchdogGaveUp
@@ -29,7 +30,7 @@ from gandist.train import ema as ema_lib
 from gandist.train.lease import acquire_run_lease
 from gandist.train.rundir import JsonlWriter, check_run_dir, write_run_config
 from gandist.train.signals import Signals
-from gandist.train.state import CheckpointIO
+from gandist.train.state import Checkpointer, GlobalRng, Part, StatefulList
 
 log = logging.getLogger("gandist.train")
 
@@ -97,12 +98,13 @@ class Trainer:
         self.step, self.images_seen = 0, 0
         self.noise_epoch, self.lr_factor, self.r1_factor = 0, 1.0, 1.0
         self.rollbacks: list[dict] = []
-        self.ckpt = CheckpointIO(self)
+        self.best_pending = False
         self.watchdog = self._build_watchdog()
         self.metrics_log = JsonlWriter(os.path.join(run_dir, "metrics.jsonl") if self.is_main else None)
         self.events_log = JsonlWriter(os.path.join(run_dir, "events.jsonl") if self.is_main else None)
         self.sinks = self._build_sinks()
         self.evaluator = self._build_evaluator()
+        self.ckpt = self._build_checkpointer()
         resumed = self.ckpt.resume()
         self.event({"event": "start", "resumed_from": resumed, "world_size": s.world_size,
                     "strategy": cfg.distributed.strategy})
@@ -129,6 +131,57 @@ class Trainer:
             if sink is not None:
                 sinks.append(sink)
         return sinks
+
+    def _build_checkpointer(self) -> Checkpointer:
+        cfg = self.cfg
+        store = CheckpointStore(cfg.checkpoint.url or os.path.join(self.run_dir, "checkpoints"), cfg.checkpoint.keep_last)
+        info = self.info
+        return Checkpointer(
+            store, self.strategy, every=cfg.checkpoint.every, last_step=cfg.train.steps,
+            shared={"G_ema": Part(self.G_ema), "loop": Part(self, kept_on_rollback=("rollbacks",)),
+                    "penalties": Part(StatefulList(self.penalties)),
+                    "watchdog": Part(self.watchdog, on_rollback=False),
+                    # the best evaluation so far: a resumed run must not tag a worse checkpoint "best"
+                    "eval_best": Part(self.evaluator, on_rollback=False)},
+            per_rank={"data": self.loader, "rng": GlobalRng()}, fallback={"data": "data0"},
+            constants={"config": cfg.model_dump(mode="json"),
+                       "data_info": {"shape": list(info.shape), "num_classes": info.num_classes,
+                                     "value_range": list(info.value_range)}},
+            meta={"config_hash": cfg.hash(), "strategy": cfg.distributed.strategy, "arch": cfg.model.arch},
+            healthy=self.watchdog.healthy if self.watchdog else (lambda step: True),
+            before_save=self.lease.check if self.lease is not None else None)
+
+    # -- the loop's own state (the checkpointer's "loop" part) --------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "images_seen": self.images_seen, "noise_epoch": self.noise_epoch,
+                "lr_factor": self.lr_factor, "r1_factor": self.r1_factor, "rollbacks": self.rollbacks}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.images_seen, self.noise_epoch = state["step"], state["images_seen"], state["noise_epoch"]
+        self.lr_factor, self.r1_factor = state["lr_factor"], state["r1_factor"]
+        if "rollbacks" in state:  # a watchdog rollback keeps the history it is adding to
+            self.rollbacks = list(state["rollbacks"])
+
+    def save_checkpoint(self) -> None:
+        saved = self.ckpt.save(self.step)
+        self.event({"event": "checkpoint", "healthy": saved.healthy, "url": saved.url,
+                    "seconds": round(saved.seconds, 3)})
+        for sink in self.sinks:
+            sink.checkpoint_saved(self.step, saved.seconds)
+        if self.reporter is not None:
+            self.reporter.on_checkpoint(self.step, saved.url)
+
+    def evaluate(self) -> None:
+        """Periodic evaluation when due; a new best is saved (if this step has no periodic save) and tagged."""
+        G = self.G_ema if self.G_ema is not None else self.strategy.module("G")
+        result = self.evaluator.maybe_evaluate(self.step, G, self.strategy)
+        if result is None:
+            return
+        self.event({"event": "eval", "metrics": result})
+        if self.strategy.broadcast_object(self.evaluator.is_best(result) if self.is_main else None):
+            if not self.ckpt.due(self.step):
+                self.save_checkpoint()
+            self.best_pending = True  # tagged once this step's checkpoint exists
 
     def _build_evaluator(self):
         if not self.cfg.eval.every:
@@ -411,14 +464,17 @@ class Trainer:
                 if cfg.telemetry.sample_every and self.step % cfg.telemetry.sample_every == 0:
                     self.write_samples()
                 if self.evaluator is not None:
-                    self.ckpt.evaluate()
-                if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.steps:
-                    self.ckpt.save()
+                    self.evaluate()
+                if self.ckpt.due(self.step):
+                    self.save_checkpoint()
+                if self.best_pending:
+                    self.ckpt.mark_best(self.step)
+                    self.best_pending = False
         except KeyboardInterrupt:
             # one process: keep the work done since the last checkpoint (ranks of a group may not all be
             # interrupted, and a save is collective, so multi-rank runs resume from the last periodic checkpoint)
-            if s.world_size == 1 and self.step % cfg.checkpoint.every and sig is not None and sig.verdict != "diverged":
-                self.ckpt.save()
+            if s.world_size == 1 and not self.ckpt.due(self.step) and sig is not None and sig.verdict != "diverged":
+                self.save_checkpoint()
                 log.warning("interrupted: saved a checkpoint at step %d", self.step)
             raise
         finally:

@@ -1,10 +1,19 @@
-"""Saving and restoring the whole training state through the CheckpointStore (exact resume, rollback)."""
+"""The checkpointer: saves and restores a run's stateful parts through a CheckpointStore (exact resume, rollback).
+
+It is handed objects with `state_dict()` / `load_state_dict()` (the loop's counters, EMA, penalties, watchdog,
+evaluator, data position, RNGs) and the strategy (weights and optimizers, plus the collectives a save needs), and it
+decides when a save is due. It knows nothing of the trainer: tests drive it with fakes.
+
+Where each part goes: `shared` parts are written by rank 0 into shared.pt under their name; `per_rank` parts by
+every rank into rank-N.pt. A per-rank part restores only at the same world size; one with a `fallback` name also has
+rank 0's copy in shared.pt, which every rank loads at another world size (synthetic sources share one position).
+"""
 from __future__ import annotations
 
 import logging
-import os
 import time
-
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from gandist.checkpoint import CheckpointStore
 from gandist.errors import CheckpointError
@@ -13,61 +22,112 @@ from gandist.randomness import rng_state, set_rng_state
 log = logging.getLogger("gandist.train")
 
 
-class CheckpointIO:
-    """The trainer's side of checkpoints: what goes in, and how it comes back."""
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
 
-    def __init__(self, trainer):
-        self.t = trainer
-        cfg = trainer.cfg
-        url = cfg.checkpoint.url or os.path.join(trainer.run_dir, "checkpoints")
-        self.store = CheckpointStore(url, cfg.checkpoint.keep_last)
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+@dataclass
+class Part:
+    """A stateful object and when it comes back: on resume always; on a watchdog rollback only if `on_rollback`
+    (the watchdog's history and the best evaluation so far outlive a rollback). `kept_on_rollback`: keys of its state
+    that a rollback does not restore (the loop's rollback history)."""
+
+    obj: Stateful | None
+    on_rollback: bool = True
+    kept_on_rollback: tuple[str, ...] = ()
+
+
+class StatefulList:
+    """A list of stateful objects (the penalties) as one part."""
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def state_dict(self) -> list:
+        return [item.state_dict() for item in self.items]
+
+    def load_state_dict(self, states: list) -> None:
+        for item, state in zip(self.items, states):
+            item.load_state_dict(state)
+
+
+class GlobalRng:
+    """This process's torch, numpy and python RNGs, as tensors and plain types."""
+
+    def state_dict(self) -> dict:
+        return rng_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_state(state)
+
+
+@dataclass
+class Saved:
+    """What one save did: the checkpoint's URL (the same on every rank), its health tag and the seconds it took."""
+
+    url: str
+    healthy: bool
+    seconds: float
+
+
+class Checkpointer:
+    """Saves and restores the parts it is handed; `due(step)` says when a periodic save is."""
+
+    def __init__(self, store: CheckpointStore, strategy, *, every: int, last_step: int, shared: dict[str, Part],
+                 per_rank: dict[str, Stateful], fallback: dict[str, str] | None = None,
+                 constants: dict | None = None, meta: dict | None = None,
+                 healthy: Callable[[int], bool] = lambda step: True, before_save: Callable[[], None] | None = None):
+        self.store, self.strategy = store, strategy
+        self.every, self.last_step = every, last_step
+        self.shared, self.per_rank = shared, per_rank
+        self.fallback = fallback or {}  # per-rank part name -> its name in shared.pt
+        self.constants = constants or {}  # written into shared.pt, never loaded back (config, data_info)
+        self.meta = meta or {}  # manifest entries; "arch" is checked on load
+        self.healthy, self.before_save = healthy, before_save
+
+    def due(self, step: int) -> bool:
+        """A periodic save: every `checkpoint.every` steps and at the last step."""
+        return step % self.every == 0 or step == self.last_step
 
     # -- save ------------------------------------------------------------------------------------------------
-    def save(self) -> None:
-        t, s = self.t, self.t.strategy
-        if getattr(t, "lease", None) is not None:
-            t.lease.check()  # taken over by another process: write nothing more
+    def save(self, step: int) -> Saved:
+        """Every rank writes its files, rank 0 the shared one and the manifest; a collective call."""
+        s = self.strategy
+        if self.before_save is not None:
+            self.before_save()  # e.g. the run dir's lease: a process that lost it writes nothing more
         t0 = time.perf_counter()
-        shared, per_rank = s.state_dict()  # every rank takes part (ZeRO gathers)
-        healthy = t.watchdog.healthy(t.step) if t.watchdog else True
-        files = {}
-        rank_state = {"strategy": per_rank, "rng": rng_state(), "data": t.loader.state_dict()}
-        files[f"rank-{s.rank:05d}.pt"] = self.store.write_rank_file(t.step, f"rank-{s.rank:05d}.pt", rank_state)
-        if t.is_main:
-            shared.update({
-                "G_ema": t.G_ema.state_dict() if t.G_ema is not None else None,
-                "loop": {"step": t.step, "images_seen": t.images_seen, "noise_epoch": t.noise_epoch,
-                         "lr_factor": t.lr_factor, "r1_factor": t.r1_factor, "rollbacks": t.rollbacks},
-                "penalties": [p.state_dict() for p in t.penalties],
-                "watchdog": t.watchdog.state_dict() if t.watchdog else None,
-                # the best evaluation so far: a resumed run must not tag a worse checkpoint "best"
-                "eval_best": list(t.evaluator.best) if t.evaluator is not None and t.evaluator.best else None,
-                "data0": t.loader.state_dict(),
-                "config": t.cfg.model_dump(mode="json"),
-                "data_info": {"shape": list(t.info.shape), "num_classes": t.info.num_classes,
-                              "value_range": list(t.info.value_range)},
-            })
-            files["shared.pt"] = self.store.write_rank_file(t.step, "shared.pt", shared)
+        strategy_shared, strategy_rank = s.state_dict()  # every rank takes part (ZeRO gathers)
+        healthy = bool(self.healthy(step))
+        rank_state = {"strategy": strategy_rank, **{k: part.state_dict() for k, part in self.per_rank.items()}}
+        name = f"rank-{s.rank:05d}.pt"
+        files = {name: self.store.write_rank_file(step, name, rank_state)}
+        if s.rank == 0:
+            shared = dict(strategy_shared)
+            for key, part in self.shared.items():
+                shared[key] = part.obj.state_dict() if part.obj is not None else None
+            for key, shared_key in self.fallback.items():
+                shared[shared_key] = rank_state[key]
+            shared.update(self.constants)
+            files["shared.pt"] = self.store.write_rank_file(step, "shared.pt", shared)
         all_files = {}
         for part in s.all_gather_object(files):
             all_files.update(part)
         url = None
-        if t.is_main:
-            url = self.store.commit(t.step, all_files, {
-                "healthy": bool(healthy), "config_hash": t.cfg.hash(), "strategy": t.cfg.distributed.strategy,
-                "world_size": s.world_size, "arch": t.cfg.model.arch})
+        if s.rank == 0:
+            url = self.store.commit(step, all_files, {"healthy": healthy, **self.meta, "world_size": s.world_size})
         url = s.broadcast_object(url)
-        seconds = time.perf_counter() - t0
-        t.event({"event": "checkpoint", "healthy": bool(healthy), "url": url, "seconds": round(seconds, 3)})
-        for sink in t.sinks:
-            sink.checkpoint_saved(t.step, seconds)
-        if t.reporter is not None:
-            t.reporter.on_checkpoint(t.step, url)
+        return Saved(url, healthy, time.perf_counter() - t0)
+
+    def mark_best(self, step: int) -> None:
+        if self.strategy.rank == 0:
+            self.store.mark_best(step)
 
     # -- restore ---------------------------------------------------------------------------------------------
     def _load_agreed(self, **kwargs):
         """Rank 0 picks the checkpoint (newest that verifies); every rank loads that one."""
-        s = self.t.strategy
+        s = self.strategy
         step = None
         if s.rank == 0:
             found = self.store.load_newest(rank=0, **kwargs)  # rank 0's own file is verified in the choice too
@@ -75,62 +135,39 @@ class CheckpointIO:
         step = s.broadcast_object(step)
         return None if step is None else self.store.load(step, rank=s.rank)
 
-    def apply(self, ckpt) -> None:
-        t = self.t
-        manifest = ckpt.manifest
-        if manifest.get("arch") not in (None, t.cfg.model.arch):
-            raise CheckpointError(f"{ckpt.path}: holds a {manifest['arch']} model, the config builds "
-                                  f"{t.cfg.model.arch}")
-        t.strategy.load_state_dict(ckpt.shared, (ckpt.per_rank or {}).get("strategy"))
-        if t.G_ema is not None and ckpt.shared.get("G_ema") is not None:
-            t.G_ema.load_state_dict(ckpt.shared["G_ema"])
-        loop = ckpt.shared["loop"]
-        t.step, t.images_seen = loop["step"], loop["images_seen"]
-        t.noise_epoch, t.lr_factor, t.r1_factor = loop["noise_epoch"], loop["lr_factor"], loop["r1_factor"]
-        for p, state in zip(t.penalties, ckpt.shared.get("penalties", [])):
-            p.load_state_dict(state)
-        same_world = manifest.get("world_size") == t.strategy.world_size
-        if ckpt.per_rank is not None and same_world:
-            t.loader.load_state_dict(ckpt.per_rank["data"])
-            set_rng_state(ckpt.per_rank["rng"])
-        else:  # another world size: synthetic sources share one position; streams restart their shards
-            t.loader.load_state_dict(ckpt.shared["data0"])
+    def _apply(self, ckpt, rollback: bool) -> None:
+        arch = self.meta.get("arch")
+        if ckpt.manifest.get("arch") not in (None, arch):
+            raise CheckpointError(f"{ckpt.path}: holds a {ckpt.manifest['arch']} model, the config builds {arch}")
+        self.strategy.load_state_dict(ckpt.shared, (ckpt.per_rank or {}).get("strategy"))
+        for key, part in self.shared.items():
+            state = ckpt.shared.get(key)
+            if part.obj is None or state is None or (rollback and not part.on_rollback):
+                continue
+            if rollback and part.kept_on_rollback:
+                state = {k: v for k, v in state.items() if k not in part.kept_on_rollback}
+            part.obj.load_state_dict(state)
+        same_world = ckpt.manifest.get("world_size") == self.strategy.world_size
+        for key, part in self.per_rank.items():
+            if ckpt.per_rank is not None and same_world:
+                part.load_state_dict(ckpt.per_rank[key])
+            elif key in self.fallback:
+                part.load_state_dict(ckpt.shared[self.fallback[key]])
 
     def resume(self) -> int | None:
         """Continue from the newest valid checkpoint, if any; returns its step."""
         ckpt = self._load_agreed()
         if ckpt is None:
             return None
-        self.apply(ckpt)
-        t = self.t
-        t.rollbacks = list(ckpt.shared["loop"].get("rollbacks", []))
-        if t.watchdog and ckpt.shared.get("watchdog") is not None:
-            t.watchdog.load_state_dict(ckpt.shared["watchdog"])
-        if t.evaluator is not None and ckpt.shared.get("eval_best") is not None:
-            t.evaluator.best = tuple(ckpt.shared["eval_best"])
-        if t.is_main:
+        self._apply(ckpt, rollback=False)
+        if self.strategy.rank == 0:
             log.info("resumed from %s", ckpt.path)
         return ckpt.step
 
     def restore_healthy(self, at_most: int) -> int | None:
-        """Roll back to the newest checkpoint marked healthy (watchdog state and mitigations stay as they are)."""
+        """Roll back to the newest checkpoint marked healthy, at most `at_most`; returns its step."""
         ckpt = self._load_agreed(healthy_only=True, at_most=at_most)
         if ckpt is None:
             return None
-        self.apply(ckpt)
+        self._apply(ckpt, rollback=True)
         return ckpt.step
-
-    # -- evaluation --------------------------------------------------------------------------------------------
-    def evaluate(self) -> None:
-        t = self.t
-        result = t.evaluator.maybe_evaluate(t.step, t.G_ema if t.G_ema is not None else t.strategy.module("G"),
-                                            t.strategy)
-        if result is None:
-            return
-        t.event({"event": "eval", "metrics": result})
-        best = t.strategy.broadcast_object(t.evaluator.is_best(result) if t.is_main else None)
-        if best:
-            if t.step % t.cfg.checkpoint.every:
-                self.save()
-            if t.is_main:
-                self.store.mark_best(t.step)

@@ -38,12 +38,15 @@ def demodulation(weight: torch.Tensor, styles: torch.Tensor, eps: float = 1e-8) 
 
 
 def choose_impl(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor) -> str:
-    """'fused' when no gradient will be taken or the batch is 1, else 'activation'.
+    """'fused' for 1x1 kernels, when no gradient will be taken, or at batch 1; else 'activation'.
 
-    Why: with gradients, 'fused' builds N weight copies and its backward runs N small per-group convs, where
-    'activation' has one batched conv (measured 1.3-3x faster fwd+bwd on CPU, tools/bench/stylegan2_ops.py). Without
-    gradients (sampling, evaluation) or at batch 1 the per-sample weights cost no more than the activation scalings.
+    Why (tools/bench/stylegan2_ops.py, CPU, one thread): with gradients, a kxk 'fused' conv builds N weight copies
+    and its backward runs N small per-group convs, where 'activation' runs one batched conv. A 1x1 kernel (ToRGB)
+    needs no conv at all: 'fused' is one batched matmul with [N, O, I] weights, cheaper than scaling the activations.
+    Without gradients (sampling, evaluation) or at batch 1 the per-sample weights cost no more than the scalings.
     """
+    if weight.shape[-1] == 1:
+        return "fused"
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or styles.requires_grad)
     return "fused" if not needs_grad or x.shape[0] == 1 else "activation"
 
@@ -56,6 +59,14 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     up=2 upsamples 2x with the FIR filter (stride-2 transposed conv then FIR; 'ref' upsamples then convolves).
     padding defaults to k // 2 ('same'); impl is one of IMPLS.
     """
+    y, demod = modulated_conv2d_parts(x, weight, styles, demodulate, padding, up, resample_filter, impl)
+    return y if demod is None else y * demod
+
+
+def modulated_conv2d_parts(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
+                           padding: int | None = None, up: int = 1, resample_filter: torch.Tensor | None = None,
+                           impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(y, demod [N, O, 1, 1] or None): modulated_conv2d is y * demod, left to the caller to fuse with its epilogue."""
     impl = _OLD_NAMES.get(impl, impl)
     if impl not in IMPLS:
         raise ValueError(f"modulated_conv2d impl {impl!r}: choose one of {IMPLS}")
@@ -65,15 +76,18 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     kernel = fir_kernel().to(x.device) if up == 2 and resample_filter is None else resample_filter
     if impl == "activation":
         y = _conv(x * styles.to(x.dtype)[:, :, None, None], weight, padding, up, kernel, groups=1, impl="fast")
-        return y * demodulation(weight, styles).to(y.dtype)[:, :, None, None] if demodulate else y
+        return y, demodulation(weight, styles).to(y.dtype)[:, :, None, None] if demodulate else None
     wts = modulate_weight(weight, styles, demodulate)
     n, in_ch = x.shape[:2]
     if impl == "ref":
-        return torch.cat([_conv(x[i:i + 1], wts[i], padding, up, kernel, 1, "ref") for i in range(n)], dim=0)
+        return torch.cat([_conv(x[i:i + 1], wts[i], padding, up, kernel, 1, "ref") for i in range(n)], dim=0), None
+    if weight.shape[-1] == 1 and up == 1 and padding == 0:
+        # a 1x1 conv is a batched matmul: [N, O, I] @ [N, I, H*W]
+        return torch.bmm(wts[..., 0, 0], x.reshape(n, in_ch, -1)).reshape(n, -1, *x.shape[2:]), None
     # one conv with N groups: [1, N*I, H, W] * [N*O, I, k, k]
     y = _conv(x.reshape(1, n * in_ch, *x.shape[2:]), wts.reshape(-1, in_ch, *weight.shape[2:]), padding, up, kernel,
               groups=n, impl="fast")
-    return y.reshape(n, -1, *y.shape[2:])
+    return y.reshape(n, -1, *y.shape[2:]), None
 
 
 def _conv(x, weight, padding: int, up: int, kernel, groups: int, impl: str) -> torch.Tensor:
@@ -101,15 +115,19 @@ class SynthesisLayer(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", impl: str = "auto"):
         """[N, I, H, W] -> [N, O, res, res]; noise_mode 'random', 'const' or 'none'; impl as modulated_conv2d."""
         styles = self.affine(w)
-        x = modulated_conv2d(x, self.weight.to(x.dtype), styles, demodulate=True, padding=self.padding, up=self.up,
-                             resample_filter=self.resample_filter, impl=impl)
+        y, demod = modulated_conv2d_parts(x, self.weight.to(x.dtype), styles, demodulate=True, padding=self.padding,
+                                          up=self.up, resample_filter=self.resample_filter, impl=impl)
+        # lrelu(y * demod + noise * strength + bias) * gain, with the gain folded into the small factors (lrelu is
+        # positively homogeneous): one addcmul, one in-place add and an in-place lrelu instead of five full-size ops
+        bias = self.bias.to(y.dtype).view(1, -1, 1, 1) * LRELU_GAIN
+        x = torch.addcmul(bias, y, demod * LRELU_GAIN) if demod is not None else torch.add(bias, y, alpha=LRELU_GAIN)
         if self.use_noise and noise_mode != "none":
             if noise_mode == "random":
-                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+                noise = torch.randn(y.shape[0], 1, self.resolution, self.resolution, device=y.device, dtype=y.dtype)
             else:
-                noise = self.noise_const.to(x.dtype)
-            x = x + noise * self.noise_strength.to(x.dtype)
-        x = F.leaky_relu(x + self.bias.to(x.dtype).view(1, -1, 1, 1), 0.2) * LRELU_GAIN
+                noise = self.noise_const.to(y.dtype)
+            x = x.add_(noise * (self.noise_strength.to(y.dtype) * LRELU_GAIN))
+        x = F.leaky_relu_(x, 0.2)
         return x.clamp(-self.conv_clamp, self.conv_clamp) if self.conv_clamp is not None else x
 
 

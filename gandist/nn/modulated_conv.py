@@ -4,7 +4,8 @@ One op, three implementations (Karras et al. 2020, sec. 2.2 and appendix B), cho
 - 'activation' (training): scale the input channels by the styles, one ordinary shared-weight conv, then scale the
   output channels by the demodulation coefficients 1/sqrt(sum_ik (w_oik s_i)^2). Weight gradients come from one
   batched conv instead of N per-sample convs.
-- 'fused' (inference, batch 1): per-sample modulated weights, the batch folded into one grouped conv.
+- 'fused' (GPU inference, batch 1, 1x1 kernels): per-sample modulated weights, the batch folded into one grouped
+  conv (a batched matmul for 1x1).
 - 'ref': a loop over samples with per-sample weights, upsampling before the conv: the plain reading of the maths,
   kept for the tests. ('grouped' and 'reference' are the old names of 'fused' and 'ref'.)
 All three agree to float rounding (tests/models/test_stylegan2_ops.py); tools/bench/stylegan2_ops.py times them.
@@ -38,17 +39,19 @@ def demodulation(weight: torch.Tensor, styles: torch.Tensor, eps: float = 1e-8) 
 
 
 def choose_impl(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor) -> str:
-    """'fused' for 1x1 kernels, when no gradient will be taken, or at batch 1; else 'activation'.
+    """'fused' for 1x1 kernels, at batch 1, and off the CPU when no gradient will be taken; else 'activation'.
 
-    Why (tools/bench/stylegan2_ops.py, CPU, one thread): with gradients, a kxk 'fused' conv builds N weight copies
-    and its backward runs N small per-group convs, where 'activation' runs one batched conv. A 1x1 kernel (ToRGB)
-    needs no conv at all: 'fused' is one batched matmul with [N, O, I] weights, cheaper than scaling the activations.
-    Without gradients (sampling, evaluation) or at batch 1 the per-sample weights cost no more than the scalings.
+    Why (tools/bench/stylegan2_ops.py; README, StyleGAN2 "Speed against stylegan2-ada-pytorch"): with gradients a
+    kxk 'fused' conv builds N weight copies and its backward runs N small per-group convs, where 'activation' runs one
+    batched conv: 1.3-2.5x faster fwd+bwd on CPU. On CPU 'activation' was faster for forward-only too (1.1-4x), so
+    'fused' is kept for inference on GPUs only, as stylegan2-ada does (one kernel per layer; re-check there with
+    `--device cuda`). A 1x1 kernel (ToRGB) needs no conv: 'fused' is one batched matmul with [N, O, I] weights. At
+    batch 1 the per-sample weight is the only weight.
     """
-    if weight.shape[-1] == 1:
+    if weight.shape[-1] == 1 or x.shape[0] == 1:
         return "fused"
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or styles.requires_grad)
-    return "fused" if not needs_grad or x.shape[0] == 1 else "activation"
+    return "fused" if not needs_grad and x.device.type != "cpu" else "activation"
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,

@@ -43,7 +43,7 @@ def choose_impl(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor) -> 
 
     Why (tools/bench/stylegan2_ops.py; README, StyleGAN2 "Speed against stylegan2-ada-pytorch"): with gradients a
     kxk 'fused' conv builds N weight copies and its backward runs N small per-group convs, where 'activation' runs one
-    batched conv: 1.3-2.5x faster fwd+bwd on CPU. On CPU 'activation' was faster for forward-only too (1.1-4x), so
+    batched conv: 1.2-2.3x faster fwd+bwd on CPU. On CPU 'activation' was faster forward-only too (1.1-4.4x), so
     'fused' is kept for inference on GPUs only, as stylegan2-ada does (one kernel per layer; re-check there with
     `--device cuda`). A 1x1 kernel (ToRGB) needs no conv: 'fused' is one batched matmul with [N, O, I] weights. At
     batch 1 the per-sample weight is the only weight.

@@ -3,6 +3,10 @@ weights vs a per-sample loop), the stride-2 transposed up-conv + FIR vs upsample
 down-conv vs conv-then-downsample; forward and gradients, in float64, and the automatic choice between them."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -132,3 +136,28 @@ def test_generator_batch_of_one_fused_matches_the_batched_activation_form():
     single = torch.cat([G(z[i:i + 1]) for i in range(4)])
     assert batched.requires_grad and batched.abs().mean() > 1e-3
     torch.testing.assert_close(single, batched, rtol=1e-4, atol=1e-5)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tool(*argv):
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_ops_bench_prints_time_memory_and_the_auto_choice_per_variant():
+    proc = _tool("tools/bench/stylegan2_ops.py", "--sizes", "2x8x4", "--iters", "1", "--no-grad")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "2x8x4" in line]
+    assert len(rows) == (3 * 3 + 2) * 2  # 3 modulated ops x 3 impls + 2 down-conv forms, fwd+bwd and fwd
+    assert all(float(r[4]) > 0 and float(r[5]) >= 0 for r in rows)
+    auto = {(r[0], r[2]): r[6] for r in rows}
+    assert auto[("modconv3x3", "fwd+bwd")] == "activation" and auto[("torgb1x1", "fwd+bwd")] == "fused"
+
+
+def test_ada_comparison_skips_without_a_checkout_and_rejects_a_wrong_one(tmp_path):
+    proc = _tool("tools/bench/stylegan2_vs_ada.py")
+    assert proc.returncode == 0 and proc.stdout.startswith("skipped: pass --ada-path")
+    proc = _tool("tools/bench/stylegan2_vs_ada.py", "--ada-path", str(tmp_path))
+    assert proc.returncode == 2 and "no training/networks.py" in proc.stdout

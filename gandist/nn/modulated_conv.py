@@ -34,19 +34,19 @@ def modulate_weight(weight: torch.Tensor, styles: torch.Tensor, demodulate: bool
 
 
 def demodulation(weight: torch.Tensor, styles: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """[N, O]: 1 / ||weight[o] * styles[n]||, the norm the fused form divides by, without building per-sample weights."""
+    """[N, O]: 1 / ||weight[o] * styles[n]||, the fused form's demodulation without building per-sample weights."""
     return (styles.square() @ weight.square().sum(dim=[2, 3]).t() + eps).rsqrt()
 
 
 def choose_impl(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor) -> str:
     """'fused' for 1x1 kernels, at batch 1, and off the CPU when no gradient will be taken; else 'activation'.
 
-    Why (tools/bench/stylegan2_ops.py; README, StyleGAN2 "Speed against stylegan2-ada-pytorch"): with gradients a
-    kxk 'fused' conv builds N weight copies and its backward runs N small per-group convs, where 'activation' runs one
-    batched conv: 1.2-2.3x faster fwd+bwd on CPU. On CPU 'activation' was faster forward-only too (1.1-4.4x), so
-    'fused' is kept for inference on GPUs only, as stylegan2-ada does (one kernel per layer; re-check there with
-    `--device cuda`). A 1x1 kernel (ToRGB) needs no conv: 'fused' is one batched matmul with [N, O, I] weights. At
-    batch 1 the per-sample weight is the only weight.
+    Why (tools/bench/stylegan2_ops.py; docs/benchmarks.md, "StyleGAN2 against stylegan2-ada-pytorch"): with
+    gradients a kxk 'fused' conv builds N weight copies and its backward runs N small per-group convs, where
+    'activation' runs one batched conv: 1.3-2.4x faster fwd+bwd on CPU. On CPU 'activation' was faster forward-only
+    too (1.2-3x), so 'fused' is kept for inference on GPUs only, as stylegan2-ada does (one kernel per layer;
+    re-check there with `--device cuda`). A 1x1 kernel (ToRGB) needs no conv: 'fused' is one batched matmul with
+    [N, O, I] weights. At batch 1 the per-sample weight is the only weight.
     """
     if weight.shape[-1] == 1 or x.shape[0] == 1:
         return "fused"

@@ -7,7 +7,8 @@
 Ops (gandist/nn/modulated_conv.py, gandist/nn/equalized.py): the modulated 3x3 conv, the modulated 3x3 up-conv
 (2x) and the 1x1 ToRGB, each as 'activation' (scale activations, shared conv, demodulate the output), 'fused'
 (per-sample weights, grouped conv / bmm) and 'ref' (per-sample loop, upsample then conv); D's 2x down-conv as 'fast'
-(blur, stride-2 conv) and 'ref' (conv, then FIR + decimate). A size NxCxH is batch x channels (in = out; ToRGB: 3 out) x input px.
+(blur, stride-2 conv) and 'ref' (conv, then FIR + decimate). A size NxCxH is batch x channels (in = out; ToRGB:
+3 out) x input px.
 `--no-grad` adds forward-only rows (the inference choice). 'auto' names what choose_impl picks for that row.
 
 Peak memory is the most memory held above the start of one forward + backward: on CUDA
@@ -40,7 +41,8 @@ def op_variants(no_ref: bool):
         for impl in ("activation", "fused", "ref"):
             if impl == "ref" and no_ref:
                 continue
-            ops.append((name, impl, lambda x, w, s, i=impl, u=up, d=demod: modulated_conv2d(x, w, s, d, up=u, impl=i), k))
+            fn = lambda x, w, s, i=impl, u=up, d=demod: modulated_conv2d(x, w, s, d, up=u, impl=i)  # noqa: E731
+            ops.append((name, impl, fn, k))
     for impl in ("fast", "ref"):
         if impl == "ref" and no_ref:
             continue

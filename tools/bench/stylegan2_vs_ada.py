@@ -128,7 +128,7 @@ def _iqr(xs: list[float]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     """Print the side-by-side table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ada-path", help="folder with a stylegan2-ada-pytorch checkout (training/, torch_utils/, dnnlib/)")
+    ap.add_argument("--ada-path", help="a stylegan2-ada-pytorch checkout (with training/, torch_utils/, dnnlib/)")
     ap.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
     ap.add_argument("--rounds", type=int, default=11, help="interleaved rounds; the table gives the median")
     ap.add_argument("--iters", type=int, default=2, help="fwd+bwd passes per timed block")

@@ -33,10 +33,12 @@ class EqualizedLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias.to(x.dtype) * self.bias_gain if self.bias is not None else None
+        """x @ (weight * gain).T + bias * lr_mul, then lrelu * sqrt(2) (folded into weight and bias) if asked."""
+        act_gain = LRELU_GAIN if self.activation == "lrelu" else 1.0
+        w = self.weight.to(x.dtype) * (self.weight_gain * act_gain)
+        b = self.bias.to(x.dtype) * (self.bias_gain * act_gain) if self.bias is not None else None
         x = F.linear(x, w, b)
-        return lrelu_act(x) if self.activation == "lrelu" else x
+        return F.leaky_relu_(x, 0.2) if self.activation == "lrelu" else x
 
 
 def fir_kernel(taps=(1, 3, 3, 1)) -> torch.Tensor:
@@ -46,11 +48,11 @@ def fir_kernel(taps=(1, 3, 3, 1)) -> torch.Tensor:
     return k / k.sum()
 
 
-def upsample2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """2x upsampling with zero insertion and FIR filtering (upfirdn2d with up=2, gain 4)."""
+def upsample2d(x: torch.Tensor, kernel: torch.Tensor, full: bool = False) -> torch.Tensor:
+    """2x upsampling with zero insertion and FIR filtering (upfirdn2d with up=2, gain 4): [H] -> [2H] ([2H+2] full)."""
     c = x.shape[1]
     k = (kernel * 4).to(x.dtype)[None, None].repeat(c, 1, 1, 1)
-    return F.conv_transpose2d(x, k, stride=2, padding=1, groups=c)
+    return F.conv_transpose2d(x, k, stride=2, padding=0 if full else 1, groups=c)
 
 
 def downsample2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -67,6 +69,45 @@ def blur(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int, int, int]) 
     return F.conv2d(F.pad(x, pad), k, groups=c)
 
 
+def conv_up2(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor, groups: int = 1,
+             impl: str = "fast") -> torch.Tensor:
+    """2x-upsampling conv [N, G*I, H, W] -> [N, G*O, 2H, 2W] with weight [G*O, I, k, k] (k odd, >= 3).
+
+    'fast': a stride-2 transposed conv of the low-resolution input, then the FIR filter (gain 4) at 2H: a quarter of
+    the multiply-adds of 'ref', which upsamples first (zero insertion + FIR) and convolves at 2H. Both are the same
+    composite filter x_up * fir * w with no intermediate cropping, so they agree to float rounding, borders included.
+    """
+    k = weight.shape[-1]
+    if impl == "ref":
+        return F.conv2d(upsample2d(x, kernel, full=True), weight, padding=k // 2 - 1, groups=groups)
+    out_per_group, in_per_group = weight.shape[0] // groups, weight.shape[1]
+    # conv_transpose2d is the adjoint of conv2d's correlation: flip the taps, weight layout [G*I, O, k, k]
+    w_t = weight.flip([2, 3]).reshape(groups, out_per_group, in_per_group, k, k).transpose(1, 2)
+    y = F.conv_transpose2d(x, w_t.reshape(groups * in_per_group, out_per_group, k, k), stride=2, groups=groups)
+    p = (5 - k) // 2  # [2H + k - 2] -> [2H] through the 4-tap filter
+    return blur(y, kernel * 4, (p, p, p, p))
+
+
+def conv_down2(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor, impl: str = "fast",
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+    """2x-downsampling conv [N, I, H, W] -> [N, O, H/2, W/2] with weight [O, I, k, k] (k odd), plus bias [O].
+
+    'fast': FIR blur at H, then a stride-2 conv (the conv runs at the low resolution). 'ref': the conv at full
+    resolution, then FIR + decimation. The same composite filter with no intermediate cropping, so they agree to
+    float rounding, borders included; both sample output o at input position 2o + 1/2, as the 1x1 skip path does.
+    """
+    k = weight.shape[-1]
+    if impl == "ref":
+        y = F.conv2d(x, weight, padding=(k + 1) // 2)  # [H + 2]: the full conv for k = 3, nothing cropped
+        c = y.shape[1]
+        y = F.conv2d(y, kernel.to(y.dtype)[None, None].repeat(c, 1, 1, 1), stride=2, groups=c)
+        return y if bias is None else y + bias.view(1, -1, 1, 1)
+    if k == 1:
+        return F.conv2d(downsample2d(x, kernel), weight, bias)
+    p = (k + 1) // 2  # pad 2 for k=3: [H + 1] after the blur, [H/2] after the valid stride-2 conv
+    return F.conv2d(blur(x, kernel, (p, p, p, p)), weight, bias, stride=2)
+
+
 class EqualizedConv2d(nn.Module):
     """Conv layer with runtime weight scaling and optional FIR 2x down/upsampling (stylegan2-ada's Conv2dLayer)."""
 
@@ -80,26 +121,21 @@ class EqualizedConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.register_buffer("resample_filter", fir_kernel(), persistent=False)
 
-    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
+    def forward(self, x: torch.Tensor, gain: float = 1.0, impl: str = "fast") -> torch.Tensor:
+        """Conv (+ 2x resampling), bias, activation times gain (> 0), clamp; impl 'fast' or 'ref' for the resampling."""
+        # lrelu(z) * c == lrelu(c * z) for c > 0: the gains go into the weight and bias, so the conv adds the bias
+        # and one in-place lrelu follows, instead of three more full-size elementwise ops
+        act_gain = LRELU_GAIN * gain if self.activation == "lrelu" else gain
+        w = self.weight.to(x.dtype) * (self.weight_gain * act_gain)
+        b = self.bias.to(x.dtype) * act_gain if self.bias is not None else None
         if self.up == 2:
-            x = upsample2d(x, self.resample_filter)
-        if self.down == 2:
-            # blur first so the strided conv does not alias (StyleGAN2's conv2d_resample order)
-            if w.shape[-1] == 1:
-                x = downsample2d(x, self.resample_filter)
-                x = F.conv2d(x, w)
-            else:
-                x = blur(x, self.resample_filter, (2, 1, 2, 1))
-                x = F.conv2d(x, w, stride=2, padding=self.padding)
+            x = F.conv2d(upsample2d(x, self.resample_filter), w, b, padding=self.padding)
+        elif self.down == 2:
+            x = conv_down2(x, w, self.resample_filter, impl, bias=b)  # blur then stride-2 conv: no aliasing
         else:
-            x = F.conv2d(x, w, padding=self.padding)
-        if self.bias is not None:
-            x = x + self.bias.to(x.dtype).view(1, -1, 1, 1)
+            x = F.conv2d(x, w, b, padding=self.padding)
         if self.activation == "lrelu":
-            x = F.leaky_relu(x, 0.2) * (LRELU_GAIN * gain)
-        elif gain != 1.0:
-            x = x * gain
+            x = F.leaky_relu_(x, 0.2)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return x.clamp(-clamp, clamp) if clamp is not None else x
 

@@ -91,10 +91,6 @@ class DDPStrategy(TorchOptimizerState, DistributedBase, Strategy):
         broadcast_module(module, self.env, params=False)
         return StepStats(grad_norm=total, layer_grad_norms=norms, nonfinite=nonfinite, skipped=skipped)
 
-    def zero_grad(self, name: str) -> None:
-        """Drop accumulated gradients of `name`."""
-        self.optimizers[name].zero_grad(set_to_none=True)
-
     def _param_groups(self, name: str) -> list[dict]:
         return self.optimizers[name].param_groups
 

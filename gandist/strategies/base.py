@@ -218,14 +218,64 @@ def load_adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module,
 
 
 class TorchOptimizerState:
-    """state_dict/load_state_dict of the strategies that keep whole modules and torch optimizers on every rank
-    (single, ddp): full weights and by-name Adam state, all shared, nothing per rank. Needs `modules`,
-    `optimizers` and `scalers` dicts keyed by net, `lr_scale` and `set_lr_scale`."""
+    """What the strategies that keep whole modules and torch optimizers on every rank (single, ddp) share: the
+    backward, the optimizer step (ddp adds its gradient and buffer syncs through the two hooks), and
+    state_dict/load_state_dict (full weights and by-name Adam state, all shared, nothing per rank). Needs
+    `modules`, `trainable`, `optimizers` and `scalers` dicts keyed by net, `accumulation`, `grad_clip`,
+    `lr_scale` and `set_lr_scale`."""
 
     modules: dict[str, nn.Module]
+    trainable: dict[str, list[nn.Parameter]]
     optimizers: dict[str, torch.optim.Optimizer]
     scalers: dict[str, Any]
     lr_scale: dict[str, float]
+    accumulation: int
+    grad_clip: float
+
+    def net(self, name: str) -> nn.Module:
+        """The plain module: no wrapper (ddp syncs gradients in step(), not in forward hooks)."""
+        return self.modules[name]
+
+    def module(self, name: str) -> nn.Module:
+        """The plain module."""
+        return self.modules[name]
+
+    def backward(self, loss: torch.Tensor, name: str, last_micro: bool = True) -> None:
+        """Local backward of loss / accumulation (loss-scaled under fp16); nothing is communicated here."""
+        loss = loss / self.accumulation
+        scaler = self.scalers[name]
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def _sync_gradients(self, name: str) -> None:
+        """Hook before the gradients are measured (ddp: average them over ranks)."""
+
+    def _after_step(self, name: str) -> None:
+        """Hook after the optimizer step (ddp: broadcast rank 0's buffers)."""
+
+    def step(self, name: str) -> StepStats:
+        """Sync, unscale, measure, clip, Adam step (skipped by the GradScaler on fp16 overflow), zero grads."""
+        optimizer, scaler, module = self.optimizers[name], self.scalers[name], self.modules[name]
+        zero_fill_missing_grads(self.trainable[name])
+        self._sync_gradients(name)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        norm, layers, nonfinite = layer_grad_norms(module)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable[name], self.grad_clip, foreach=False)
+        skipped = False
+        if scaler is not None:
+            before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            skipped = scaler.get_scale() < before
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self._after_step(name)
+        return StepStats(grad_norm=norm, layer_grad_norms=layers, nonfinite=nonfinite, skipped=skipped)
+
+    def _param_groups(self, name: str) -> list[dict]:
+        return self.optimizers[name].param_groups
 
     def state_dict(self) -> tuple[dict, dict]:
         shared: dict[str, Any] = {

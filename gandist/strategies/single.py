@@ -7,9 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gandist.strategies.base import (NETS, REDUCE_OPS, OptimSetup, StepStats, Strategy, TorchOptimizerState,
-                                     build_adam, check_precision, layer_grad_norms, pick_device,
-                                     zero_fill_missing_grads)
+from gandist.strategies.base import (NETS, REDUCE_OPS, OptimSetup, Strategy, TorchOptimizerState, build_adam,
+                                     check_precision, pick_device)
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -40,39 +39,6 @@ class SingleStrategy(TorchOptimizerState, Strategy):
             self.optimizers[name] = build_adam(self.trainable[name], optim[name])
             self.base_lr[name] = optim[name].lr
             self.scalers[name] = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-
-    def net(self, name: str) -> nn.Module:
-        return self.modules[name]
-
-    def module(self, name: str) -> nn.Module:
-        return self.modules[name]
-
-    def backward(self, loss: torch.Tensor, name: str, last_micro: bool = True) -> None:
-        loss = loss / self.accumulation
-        scaler = self.scalers[name]
-        (scaler.scale(loss) if scaler else loss).backward()
-
-    def step(self, name: str) -> StepStats:
-        optimizer, scaler, module = self.optimizers[name], self.scalers[name], self.modules[name]
-        zero_fill_missing_grads(self.trainable[name])
-        if scaler:
-            scaler.unscale_(optimizer)
-        norm, layers, nonfinite = layer_grad_norms(module)
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip, foreach=False)
-        if scaler:
-            scale = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            skipped = scaler.get_scale() < scale
-        else:
-            optimizer.step()
-            skipped = False
-        optimizer.zero_grad(set_to_none=True)
-        return StepStats(grad_norm=norm, layer_grad_norms=layers, nonfinite=nonfinite, skipped=skipped)
-
-    def _param_groups(self, name: str) -> list[dict]:
-        return self.optimizers[name].param_groups
 
     # -- collectives: one process, so each is the identity ----------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -21,6 +21,7 @@ from gandist.errors import ConfigError  # noqa: F401  (raised here; importable f
 from gandist.eval.config import EvalConfig
 from gandist.models.config import MLPConfig, ModelConfig
 from gandist.objectives.config import AugmentConfig, LossConfig, PenaltyConfig
+from gandist.strategies import strategy_class
 from gandist.telemetry.config import TelemetryConfig
 from gandist.watchdog.config import WatchdogConfig
 
@@ -106,7 +107,6 @@ class CheckpointConfig(Section):
         "the holder refreshes it every lease_timeout_s / 4."))
 
 
-DOUBLE_BACKWARD_PENALTIES = ("r1", "gp", "dragan", "path_length")  # their loss holds a gradient (create_graph)
 
 
 class ExperimentConfig(Section):
@@ -167,7 +167,7 @@ class ExperimentConfig(Section):
             if p.kind == "weight_clip" and p.every > 1:
                 raise ValueError(f"penalties.{i}: weight_clip clamps D's weights after every D step and has no lazy "
                                  f"form (every: {p.every}); set every: 1 or drop the key")
-            if p.kind == "weight_clip" and self.distributed.strategy.startswith("zero"):
+            if p.kind == "weight_clip" and strategy_class(self.distributed.strategy).keeps_master_weights:
                 raise ValueError(f"penalties.{i}: weight_clip clamps D's module weights, which distributed.strategy="
                                  f"{self.distributed.strategy} overwrites from its optimizer's own fp32 copy; use "
                                  "distributed.strategy=ddp, or a gradient penalty (gp) instead of clipping")
@@ -187,8 +187,12 @@ class ExperimentConfig(Section):
         # ZeRO-3 re-partitions each layer's weights after its forward and gathers them again for the first-order
         # backward only; a gradient penalty differentiates through a gradient (create_graph), and that second
         # backward finds the weights it saved partitioned (DeepSpeed fails with a size mismatch)
-        twice = [p.kind for p in self.penalties if p.kind in DOUBLE_BACKWARD_PENALTIES]
-        if self.distributed.strategy == "zero3" and twice:
+        if not self.penalties:
+            return self
+        from gandist.objectives.penalties import PENALTIES  # torch: only when there are penalties to ask
+
+        twice = [p.kind for p in self.penalties if PENALTIES[p.kind].double_backward]
+        if twice and not strategy_class(self.distributed.strategy).supports_double_backward:
             raise ValueError(
                 f"penalties: {', '.join(twice)} differentiate(s) twice, which DeepSpeed ZeRO-3 cannot do "
                 "(distributed.strategy=zero3 re-partitions the weights the second backward needs); use "

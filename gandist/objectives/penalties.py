@@ -45,6 +45,7 @@ class Penalty:
 
     name: str = "penalty"
     net: str = "D"
+    double_backward: bool = False  # its loss holds a gradient (autograd.grad, create_graph): ZeRO-3 refuses it
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -125,6 +126,7 @@ class GradientPenalty(Penalty):
     """WGAN-GP (Gulrajani et al. 2017): weight * E(||grad D(eps*real + (1-eps)*fake)|| - center)^2."""
 
     name = "gp"
+    double_backward = True
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real", "rand")
@@ -142,6 +144,7 @@ class Dragan(Penalty):
     """DRAGAN (Kodali et al. 2017): the gradient penalty at points between real and real + c*std(real)*U[0,1)."""
 
     name = "dragan"
+    double_backward = True
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real", "rand")
@@ -169,6 +172,7 @@ class R1(Penalty):
     """R1 (Mescheder et al. 2018): gamma/2 * E||grad_x D(x_real)||^2; `weight` is gamma."""
 
     name = "r1"
+    double_backward = True
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real")
@@ -222,6 +226,7 @@ class PathLength(Penalty):
     """StyleGAN2 path-length regularization: weight * E(||J_w^T n|| - a)^2, a the running mean of ||J_w^T n||."""
 
     name = "path_length"
+    double_backward = True
     net = "G"
 
     def __init__(self, cfg: Any) -> None:

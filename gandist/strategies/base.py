@@ -21,12 +21,23 @@ from torch import nn
 from gandist.errors import UserError
 
 NETS = ("G", "D")
+REDUCE_OPS = ("sum", "max", "min", "mean")
 
 
-def _distributed() -> bool:
-    import torch.distributed as dist
+def pick_device(device: str, local_rank: int = 0) -> torch.device:
+    """cuda:LOCAL_RANK when CUDA is wanted and present, else cpu; `device` is train.device (auto, cpu, cuda)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA device is visible; set train.device=cpu or auto")
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
 
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+def check_precision(amp: str, device: torch.device) -> None:
+    """Refuse fp16 off CUDA: its loss scaling (GradScaler) needs a CUDA device."""
+    if amp == "fp16" and device.type != "cuda":
+        raise UserError("train.amp: fp16 needs a CUDA device (loss scaling); on CPU use bf16 or off")
 
 
 @dataclass
@@ -50,13 +61,31 @@ class OptimSetup:
 
 
 class Strategy(ABC):
-    """Base class; concrete strategies: single.py, ddp.py, zero.py."""
+    """Base class; concrete strategies: single.py, ddp.py, zero.py.
+
+    Capabilities are class attributes, so that the config can ask a strategy class before any process group exists
+    (`gandist.strategies.strategy_class(name).supports_double_backward`); the loop asks them instead of names.
+    """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     process_group: Any = None  # the group cross-replica BN reduces over (None: single process)
+
+    partitions_params: bool = False  # module(name) holds only this rank's slice of the weights (ZeRO-3)
+    supports_double_backward: bool = True  # autograd.grad(create_graph=True) through the nets works (not ZeRO-3)
+    keeps_master_weights: bool = False  # the optimizer steps its own copy and overwrites module weights from it
+
+    modules: dict[str, nn.Module]
+    trainable: dict[str, list[nn.Parameter]]  # each net's parameters that required grad at setup
+    base_lr: dict[str, float]
+    lr_scale: dict[str, float]
+
+    @classmethod
+    def variant(cls, name: str) -> type["Strategy"]:
+        """The class that serves `distributed.strategy: name` (one registered class may serve several names)."""
+        return cls
 
     @abstractmethod
     def setup(self, G: nn.Module, D: nn.Module, optim: dict[str, OptimSetup], accumulation: int,
@@ -65,15 +94,11 @@ class Strategy(ABC):
 
     @abstractmethod
     def net(self, name: str) -> Any:
-        """The callable to run forward passes through (DDP module, DeepSpeed engine or the module)."""
+        """The callable to run forward passes through (DeepSpeed engine under ZeRO-3, else the module)."""
 
     @abstractmethod
     def module(self, name: str) -> nn.Module:
         """The plain nn.Module of G or D (for EMA, monitors, sampling)."""
-
-    @abstractmethod
-    def phase(self, name: str) -> contextlib.AbstractContextManager:
-        """Context of a phase training `name`: only its params require grad; the other net's grads are not synced."""
 
     @abstractmethod
     def backward(self, loss: torch.Tensor, name: str, last_micro: bool = True) -> None:
@@ -84,52 +109,57 @@ class Strategy(ABC):
         """Optimizer step of `name` after its micro-batches: unscale, measure, clip, step, zero grads."""
 
     @abstractmethod
-    def zero_grad(self, name: str) -> None:
-        """Drop accumulated gradients of `name`."""
+    def _param_groups(self, name: str) -> list[dict]:
+        """The param groups of `name`'s optimizer, whose "lr" set_lr_scale writes."""
+
+    # -- phases: the other net frozen --------------------------------------------------------------------------
+    def _remember_trainable(self, G: nn.Module, D: nn.Module) -> None:
+        """Move the nets to the device and remember which parameters train (frozen ones stay frozen)."""
+        self.modules = {"G": G.to(self.device), "D": D.to(self.device)}
+        self.trainable = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.modules.items()}
+
+    def _set_trainable(self, name: str, flag: bool) -> None:
+        for p in self.trainable[name]:
+            p.requires_grad_(flag)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Only `name`'s trainable params require grad inside (DeepSpeed#399: the other net holds no stray grads)."""
+        other = "D" if name == "G" else "G"
+        self._set_trainable(name, True)
+        self._set_trainable(other, False)
+        try:
+            yield
+        finally:
+            self._set_trainable(other, True)
+
+    # -- learning rate -----------------------------------------------------------------------------------------
+    def set_lr_scale(self, name: str, scale: float) -> None:
+        """Multiply `name`'s base learning rate by `scale` (lr decay, watchdog mitigation, fault injection)."""
+        self.lr_scale[name] = float(scale)
+        for group in self._param_groups(name):
+            group["lr"] = self.base_lr[name] * self.lr_scale[name]
+
+    def current_lr(self, name: str) -> float:
+        """`name`'s learning rate now (base x lr scale)."""
+        return self._param_groups(name)[0]["lr"]
+
+    # -- collectives over the strategy's ranks (identities on one process) -----------------------------------
+    @abstractmethod
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce over ranks in place and return it; op in REDUCE_OPS (sum, max, min, mean)."""
 
     @abstractmethod
-    def set_lr_scale(self, name: str, scale: float) -> None:
-        """Multiply `name`'s base learning rate by `scale` (watchdog mitigation, fault injection)."""
-
-    # Collectives: generic over torch.distributed (any backend); identity on one process.
-    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """Reduce over ranks in place and return it; op in sum, max, min, mean. Identity on one process."""
-        if not _distributed():
-            return tensor
-        import torch.distributed as dist
-
-        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
-        dist.all_reduce(tensor, op=ops[op])
-        if op == "mean":
-            tensor /= dist.get_world_size()
-        return tensor
-
     def barrier(self) -> None:
         """Wait for every rank."""
-        if _distributed():
-            import torch.distributed as dist
 
-            dist.barrier()
-
+    @abstractmethod
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """Rank src's object on every rank."""
-        if not _distributed():
-            return obj
-        import torch.distributed as dist
+        """Rank src's picklable object on every rank."""
 
-        box = [obj]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]
-
+    @abstractmethod
     def all_gather_object(self, obj: Any) -> list:
         """Every rank's object, in rank order."""
-        if not _distributed():
-            return [obj]
-        import torch.distributed as dist
-
-        out: list = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
-        return out
 
     @contextlib.contextmanager
     def gathered(self, name: str) -> Iterator[nn.Module]:
@@ -171,7 +201,8 @@ def adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module) -> d
 
 def load_adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module, state: dict) -> None:
     """Inverse of adam_state_by_name; raises KeyError naming a parameter the state lacks."""
-    by_name = dict(module.named_parameters())
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    by_name = {n: p for n, p in module.named_parameters() if id(p) in stepped}  # frozen ones have no state
     saved = state["params"]
     for name, p in by_name.items():
         if name not in saved:
@@ -187,14 +218,64 @@ def load_adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module,
 
 
 class TorchOptimizerState:
-    """state_dict/load_state_dict of the strategies that keep whole modules and torch optimizers on every rank
-    (single, ddp): full weights and by-name Adam state, all shared, nothing per rank. Needs `modules`,
-    `optimizers` and `scalers` dicts keyed by net, `lr_scale` and `set_lr_scale`."""
+    """What the strategies that keep whole modules and torch optimizers on every rank (single, ddp) share: the
+    backward, the optimizer step (ddp adds its gradient and buffer syncs through the two hooks), and
+    state_dict/load_state_dict (full weights and by-name Adam state, all shared, nothing per rank). Needs
+    `modules`, `trainable`, `optimizers` and `scalers` dicts keyed by net, `accumulation`, `grad_clip`,
+    `lr_scale` and `set_lr_scale`."""
 
     modules: dict[str, nn.Module]
+    trainable: dict[str, list[nn.Parameter]]
     optimizers: dict[str, torch.optim.Optimizer]
     scalers: dict[str, Any]
     lr_scale: dict[str, float]
+    accumulation: int
+    grad_clip: float
+
+    def net(self, name: str) -> nn.Module:
+        """The plain module: no wrapper (ddp syncs gradients in step(), not in forward hooks)."""
+        return self.modules[name]
+
+    def module(self, name: str) -> nn.Module:
+        """The plain module."""
+        return self.modules[name]
+
+    def backward(self, loss: torch.Tensor, name: str, last_micro: bool = True) -> None:
+        """Local backward of loss / accumulation (loss-scaled under fp16); nothing is communicated here."""
+        loss = loss / self.accumulation
+        scaler = self.scalers[name]
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def _sync_gradients(self, name: str) -> None:
+        """Hook before the gradients are measured (ddp: average them over ranks)."""
+
+    def _after_step(self, name: str) -> None:
+        """Hook after the optimizer step (ddp: broadcast rank 0's buffers)."""
+
+    def step(self, name: str) -> StepStats:
+        """Sync, unscale, measure, clip, Adam step (skipped by the GradScaler on fp16 overflow), zero grads."""
+        optimizer, scaler, module = self.optimizers[name], self.scalers[name], self.modules[name]
+        zero_fill_missing_grads(self.trainable[name])
+        self._sync_gradients(name)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        norm, layers, nonfinite = layer_grad_norms(module)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable[name], self.grad_clip, foreach=False)
+        skipped = False
+        if scaler is not None:
+            before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            skipped = scaler.get_scale() < before
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self._after_step(name)
+        return StepStats(grad_norm=norm, layer_grad_norms=layers, nonfinite=nonfinite, skipped=skipped)
+
+    def _param_groups(self, name: str) -> list[dict]:
+        return self.optimizers[name].param_groups
 
     def state_dict(self) -> tuple[dict, dict]:
         shared: dict[str, Any] = {

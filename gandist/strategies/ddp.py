@@ -19,8 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from gandist.strategies.base import (NETS, OptimSetup, StepStats, Strategy, TorchOptimizerState, build_adam,
-                                     layer_grad_norms, zero_fill_missing_grads)
+from gandist.strategies.base import NETS, OptimSetup, Strategy, TorchOptimizerState, build_adam
 from gandist.strategies.dist_env import DistributedBase, broadcast_module
 
 
@@ -44,21 +43,8 @@ class DDPStrategy(TorchOptimizerState, DistributedBase, Strategy):
         use_scaler = amp == "fp16" and self.device.type == "cuda"
         self.scalers = {n: torch.amp.GradScaler("cuda") if use_scaler else None for n in NETS}
 
-    def net(self, name: str) -> nn.Module:
-        """The plain module: gradient sync happens in step(), not in forward hooks."""
-        return self.modules[name]
-
-    def module(self, name: str) -> nn.Module:
-        """The plain module."""
-        return self.modules[name]
-
-    def backward(self, loss: torch.Tensor, name: str, last_micro: bool = True) -> None:
-        """Local backward of loss / accumulation; nothing is communicated until step()."""
-        loss = loss / self.accumulation
-        scaler = self.scalers[name]
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-
-    def _average_gradients(self, name: str) -> None:
+    def _sync_gradients(self, name: str) -> None:
+        """Average the phase's gradients over ranks: one flat all-reduce per optimizer step."""
         params = [p for p in self.trainable[name] if p.grad is not None]
         if not params or self.world_size == 1:
             return
@@ -69,32 +55,6 @@ class DDPStrategy(TorchOptimizerState, DistributedBase, Strategy):
         for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             g.copy_(reduced)
 
-    def step(self, name: str) -> StepStats:
-        """All-reduce (mean) the phase's gradients, measure them, clip, Adam step, zero grads, sync buffers."""
-        zero_fill_missing_grads(self.trainable[name])
-        self._average_gradients(name)
-        optimizer, scaler, module = self.optimizers[name], self.scalers[name], self.modules[name]
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        total, norms, nonfinite = layer_grad_norms(module)
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.trainable[name], self.grad_clip, foreach=False)
-        skipped = False
-        if scaler is not None:
-            before = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            skipped = scaler.get_scale() < before
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        broadcast_module(module, self.env, params=False)
-        return StepStats(grad_norm=total, layer_grad_norms=norms, nonfinite=nonfinite, skipped=skipped)
-
-    def zero_grad(self, name: str) -> None:
-        """Drop accumulated gradients of `name`."""
-        self.optimizers[name].zero_grad(set_to_none=True)
-
-    def _param_groups(self, name: str) -> list[dict]:
-        return self.optimizers[name].param_groups
-
+    def _after_step(self, name: str) -> None:
+        """Every rank takes rank 0's buffers (SN u/v/sigma, BN running stats), as DDP's broadcast_buffers would."""
+        broadcast_module(self.modules[name], self.env, params=False)

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from gandist.errors import UserError
+from gandist.strategies.base import REDUCE_OPS, check_precision, pick_device
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -30,16 +31,6 @@ class DistEnv:
     backend: str
     group: Any
     owns_group: bool  # we initialized it, so we destroy it on close
-
-
-def pick_device(device: str, local_rank: int) -> torch.device:
-    """cuda:LOCAL_RANK when CUDA is wanted and present, else cpu; `device` is train.device (auto, cpu, cuda)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA device is visible; set train.device=cpu or auto")
-    if device in ("cuda", "auto") and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def pick_backend(backend: str, device: torch.device) -> str:
@@ -69,26 +60,6 @@ def init_process_group(backend: str = "auto", device: str = "auto") -> DistEnv:
     dist.init_process_group(backend=chosen, rank=int(os.environ["RANK"]),
                             world_size=int(os.environ["WORLD_SIZE"]), **kwargs)
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, chosen, dist.group.WORLD, owns_group=True)
-
-
-_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
-
-
-def all_reduce(tensor: torch.Tensor, op: str, env: DistEnv) -> torch.Tensor:
-    """In-place all-reduce over the group; op in sum, max, min, mean."""
-    if op not in _OPS:
-        raise ValueError(f"all_reduce op {op!r} is not one of {', '.join(_OPS)}")
-    dist.all_reduce(tensor, op=_OPS[op], group=env.group)
-    if op == "mean":
-        tensor.div_(env.world_size)
-    return tensor
-
-
-def broadcast_object(obj: Any, src: int, env: DistEnv) -> Any:
-    """Rank src's picklable object on every rank."""
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, group=env.group)
-    return box[0]
 
 
 @torch.no_grad()
@@ -127,17 +98,13 @@ def destroy(env: DistEnv, wait_for_peers: bool = True) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# What ddp and zero share: the group, collectives, phase freezing, lr scaling.
+# What ddp and zero share: the group and its collectives.
 
 
 class DistributedBase:
-    """Mixin for multi-process strategies: owns `env`, implements the Strategy collectives and `phase`."""
+    """Mixin for multi-process strategies: owns `env`, implements the Strategy collectives over its group."""
 
     env: DistEnv
-    modules: dict[str, nn.Module]
-    trainable: dict[str, list[nn.Parameter]]
-    base_lr: dict[str, float]
-    lr_scale: dict[str, float]
 
     def _init_env(self, cfg) -> None:
         self.cfg = cfg
@@ -145,9 +112,7 @@ class DistributedBase:
         self.rank, self.world_size = self.env.rank, self.env.world_size
         self.local_rank, self.device = self.env.local_rank, self.env.device
         self.process_group = self.env.group
-        self.current_phase: str | None = None
-        if cfg.train.amp == "fp16" and self.device.type != "cuda":
-            raise UserError("train.amp: fp16 needs a CUDA device (loss scaling); on CPU use bf16 or off")
+        check_precision(cfg.train.amp, self.device)
 
     def micro_batch(self, accumulation: int) -> int:
         """Per-rank micro-batch size; an error naming the keys when the global batch does not divide."""
@@ -158,53 +123,26 @@ class DistributedBase:
                 f"{accumulation}; choose a multiple of {self.world_size * accumulation}")
         return batch // (self.world_size * accumulation)
 
-    def _remember_trainable(self, G: nn.Module, D: nn.Module) -> None:
-        self.modules = {"G": G.to(self.device), "D": D.to(self.device)}
-        self.trainable = {n: [p for p in m.parameters() if p.requires_grad] for n, m in self.modules.items()}
-
-    def _set_trainable(self, name: str, flag: bool) -> None:
-        for p in self.trainable[name]:
-            p.requires_grad_(flag)
-
-    def phase(self, name: str):
-        """Only `name`'s params require grad inside (DeepSpeed#399: the other net must hold no stray grads)."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def ctx():
-            other = "D" if name == "G" else "G"
-            self._set_trainable(name, True)
-            self._set_trainable(other, False)
-            self.current_phase = name
-            try:
-                yield
-            finally:
-                self.current_phase = None
-                self._set_trainable(other, True)
-
-        return ctx()
+    _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """Reduce over ranks in place and return it; op in sum, max, min, mean."""
-        return all_reduce(tensor, op, self.env)
+        """In-place all-reduce over the group and return it; op in sum, max, min, mean."""
+        if op not in REDUCE_OPS:
+            raise ValueError(f"all_reduce op {op!r} is not one of {', '.join(REDUCE_OPS)}")
+        dist.all_reduce(tensor, op=self._OPS[op], group=self.env.group)
+        if op == "mean":
+            tensor.div_(self.world_size)
+        return tensor
 
     def barrier(self) -> None:
         """Wait for every rank."""
         dist.barrier(group=self.env.group)
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """Rank src's object on every rank."""
-        return broadcast_object(obj, src, self.env)
-
-    def set_lr_scale(self, name: str, scale: float) -> None:
-        """Multiply `name`'s base learning rate by `scale`."""
-        self.lr_scale[name] = float(scale)
-        for group in self._param_groups(name):
-            group["lr"] = self.base_lr[name] * self.lr_scale[name]
-
-    def current_lr(self, name: str) -> float:
-        """`name`'s learning rate now (base x lr scale)."""
-        return self._param_groups(name)[0]["lr"]
+        """Rank src's picklable object on every rank."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=src, group=self.env.group)
+        return box[0]
 
     def all_gather_object(self, obj: Any) -> list:
         """Every rank's object, in rank order."""

@@ -126,10 +126,20 @@ def _state_keys(module: nn.Module) -> list[tuple[str, str]]:
 
 
 class ZeroStrategy(DistributedBase, Strategy):
-    """Two DeepSpeed engines (G, D) over torch Adam; stage from distributed.strategy."""
+    """Two DeepSpeed engines (G, D) over torch Adam; the stage's subclass is picked by variant(name)."""
+
+    stage: int = 0
+    keeps_master_weights = True  # the engines step their own fp32 partitions and copy them into the module
+
+    @classmethod
+    def variant(cls, name: str) -> type["ZeroStrategy"]:
+        """Zero1Strategy, Zero2Strategy or Zero3Strategy for distributed.strategy zero1, zero2, zero3."""
+        return _STAGES[name]
 
     def __init__(self, cfg) -> None:
-        self.stage = int(cfg.distributed.strategy[-1])
+        if self.stage != int(cfg.distributed.strategy[-1]):
+            raise ValueError(f"{type(self).__name__} built for distributed.strategy={cfg.distributed.strategy}; "
+                             "build it with gandist.strategies.build_strategy")
         self._init_env(cfg)
         import deepspeed
 
@@ -265,10 +275,6 @@ class ZeroStrategy(DistributedBase, Strategy):
         broadcast_module(self.module(name), self.env, params=False)
         return stats
 
-    def zero_grad(self, name: str) -> None:
-        """Drop accumulated gradients (partitioned ones too)."""
-        self.engines[name].optimizer.zero_grad()
-
     def _param_groups(self, name: str) -> list[dict]:
         return self.engines[name].optimizer.param_groups
 
@@ -378,6 +384,29 @@ class ZeroStrategy(DistributedBase, Strategy):
             if self.rank == 0:
                 for key, p in named.items():
                     p.data.copy_(weights[key].to(p.device, p.dtype))
+
+
+class Zero1Strategy(ZeroStrategy):
+    """ZeRO-1: optimizer state partitioned."""
+
+    stage = 1
+
+
+class Zero2Strategy(ZeroStrategy):
+    """ZeRO-2: optimizer state and gradients partitioned."""
+
+    stage = 2
+
+
+class Zero3Strategy(ZeroStrategy):
+    """ZeRO-3: parameters partitioned too; the second backward of a gradient penalty finds them re-partitioned."""
+
+    stage = 3
+    partitions_params = True
+    supports_double_backward = False
+
+
+_STAGES = {"zero1": Zero1Strategy, "zero2": Zero2Strategy, "zero3": Zero3Strategy}
 
 
 def _check_keys(name: str, module: nn.Module, weights: dict) -> None:

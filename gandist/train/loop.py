@@ -360,7 +360,7 @@ class Trainer:
         sig.step = self.step
         sig.images_seen = self.images_seen
         sig.skipped_samples = getattr(self.loader, "skipped_samples", 0)
-        sig.lr = {n: s.current_lr(n) for n in ("G", "D")} if hasattr(s, "current_lr") else {}
+        sig.lr = {n: s.current_lr(n) for n in ("G", "D")}
         sig.nonfinite += sum(1 for v in sig.losses.values() if v != v or v in (float("inf"), float("-inf")))
         return sig
 
@@ -426,7 +426,7 @@ class Trainer:
     def write_samples(self) -> None:
         if not self.is_main:
             return
-        if self.G_ema is None and self.cfg.distributed.strategy == "zero3":
+        if self.G_ema is None and self.strategy.partitions_params:
             log.warning("no samples: with train.ema.enabled=false, ZeRO-3's partitioned G cannot run on rank 0 alone")
             return
         from gandist.train.sampling import write_run_samples

@@ -5,7 +5,6 @@ Interface (the loop relies on exactly this):
 - `loss(ctx) -> Tensor`: the weighted scalar term (weight applied; the lazy factor k is applied by the loop).
 - `after_step(module)`: called on the plain module of `net` after each optimizer step (weight clipping).
 - `state_dict()` / `load_state_dict()`: running state (path-length mean) saved in checkpoints.
-- `last_value`: float of the last unweighted value, for signals.
 """
 from __future__ import annotations
 
@@ -50,16 +49,6 @@ class Penalty:
         self.cfg = cfg
         self.weight = float(cfg.weight)
         self.every = int(cfg.every)
-        self._last: torch.Tensor | float = 0.0
-
-    @property
-    def last_value(self) -> float:
-        """The last unweighted value (a float; read lazily so that GPU runs sync only when signals are logged)."""
-        return float(self._last)
-
-    @last_value.setter
-    def last_value(self, value) -> None:
-        self._last = value.detach() if isinstance(value, torch.Tensor) else float(value)
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         """The weighted penalty term."""
@@ -133,7 +122,6 @@ class GradientPenalty(Penalty):
         x_hat = eps * ctx.real.detach() + (1 - eps) * fake.to(ctx.real.dtype)
         norms = torch.linalg.vector_norm(input_grads(ctx, x_hat, ctx.real_y), dim=1)
         value = (norms - self.cfg.center).square().mean()
-        self.last_value = value
         return self.weight * value
 
 
@@ -152,7 +140,6 @@ class Dragan(Penalty):
         x_hat = real + _uniform_like_batch(ctx.rand, real) * perturb
         norms = torch.linalg.vector_norm(input_grads(ctx, x_hat, ctx.real_y), dim=1)
         value = (norms - self.cfg.center).square().mean()
-        self.last_value = value
         return self.weight * value
 
     @staticmethod
@@ -173,7 +160,6 @@ class R1(Penalty):
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real")
         value = input_grads(ctx, ctx.real, ctx.real_y).square().sum(1).mean()
-        self.last_value = value
         return 0.5 * self.weight * value
 
 
@@ -206,7 +192,6 @@ class BalancedConsistency(Penalty):
         # penalties run outside autocast: fakes made under bf16 autocast are cast back to the reals' dtype
         fake = fake.to(ctx.real.dtype)
         value = self._term(ctx, ctx.real.detach(), ctx.real_y) + self._term(ctx, fake, fake_y)
-        self.last_value = value
         return self.weight * value
 
     def _term(self, ctx: PenaltyContext, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -250,7 +235,6 @@ class PathLength(Penalty):
             batch_mean = ctx.reduce_mean(batch_mean)
         self.pl_mean = self.pl_mean.to(batch_mean.device).lerp(batch_mean, self.cfg.decay)
         value = (lengths - self.pl_mean).square().mean()
-        self.last_value = value
         return self.weight * value
 
     def state_dict(self) -> dict:
@@ -274,5 +258,4 @@ class Ortho(Penalty):
         from gandist.nn.ortho import ortho_penalty  # written with the BigGAN layers; imported when used
 
         value = ortho_penalty(ctx.G, self.weight)
-        self.last_value = value / self.weight if self.weight else value
         return value

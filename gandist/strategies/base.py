@@ -36,7 +36,6 @@ class StepStats:
     grad_norm: float = 0.0
     layer_grad_norms: dict[str, float] = field(default_factory=dict)
     nonfinite: int = 0  # count of non-finite gradient elements
-    skipped: bool = False  # step skipped (fp16 overflow)
 
 
 @dataclass

@@ -79,17 +79,14 @@ class DDPStrategy(TorchOptimizerState, DistributedBase, Strategy):
         total, norms, nonfinite = layer_grad_norms(module)
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable[name], self.grad_clip, foreach=False)
-        skipped = False
         if scaler is not None:
-            before = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
-            skipped = scaler.get_scale() < before
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         broadcast_module(module, self.env, params=False)
-        return StepStats(grad_norm=total, layer_grad_norms=norms, nonfinite=nonfinite, skipped=skipped)
+        return StepStats(grad_norm=total, layer_grad_norms=norms, nonfinite=nonfinite)
 
     def zero_grad(self, name: str) -> None:
         """Drop accumulated gradients of `name`."""

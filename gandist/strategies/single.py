@@ -92,15 +92,12 @@ class SingleStrategy(TorchOptimizerState, Strategy):
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip, foreach=False)
         if scaler:
-            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
-            skipped = scaler.get_scale() < scale
         else:
             optimizer.step()
-            skipped = False
         optimizer.zero_grad(set_to_none=True)
-        return StepStats(grad_norm=norm, layer_grad_norms=layers, nonfinite=nonfinite, skipped=skipped)
+        return StepStats(grad_norm=norm, layer_grad_norms=layers, nonfinite=nonfinite)
 
     def zero_grad(self, name: str) -> None:
         self.optimizers[name].zero_grad(set_to_none=True)

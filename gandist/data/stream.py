@@ -29,6 +29,7 @@ import torch
 
 from gandist.data.base import BatchIterator, DataInfo, DataSource
 from gandist.data.shards import read_manifest
+from gandist.data.sources import resize_and_centre_crop
 from gandist.errors import DataStreamError, UserError
 
 log = logging.getLogger("gandist.data")
@@ -153,15 +154,7 @@ class Decoder:
                                       f"data.num_classes={self.num_classes}; raise data.num_classes")
         try:
             with Image.open(io.BytesIO(sample[key])) as im:
-                im = im.convert("L" if self.channels == 1 else "RGB")
-                r = self.resolution
-                if im.size != (r, r):
-                    w, h = im.size
-                    scale = r / min(w, h)
-                    im = im.resize((max(r, round(w * scale)), max(r, round(h * scale))), Image.BICUBIC)
-                    w, h = im.size
-                    left, top = (w - r) // 2, (h - r) // 2
-                    im = im.crop((left, top, left + r, top + r))
+                im = resize_and_centre_crop(im.convert("L" if self.channels == 1 else "RGB"), self.resolution)
                 arr = np.asarray(im, dtype=np.uint8)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
             log.warning("data: %s: sample %r: cannot decode image (%s); skipped", url, sample["__key__"], err)

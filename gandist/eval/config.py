@@ -37,3 +37,8 @@ class EvalConfig(Section):
             if m not in METRICS:
                 raise ValueError(f"unknown metric {m!r}; choose from {', '.join(METRICS)}")
         return metrics
+
+
+def min_samples(metric: str, *, k: int = 3, splits: int = 10) -> int:
+    """The fewest samples a metric can be computed from (for early, clear errors)."""
+    return {"fid": 2, "kid": 2, "is": splits, "pr": k + 1}.get(metric, 1)

@@ -8,8 +8,11 @@ import torch
 
 from gandist.errors import UserError
 from gandist.eval import frechet_distance
-from gandist.eval.fid import (FeatureBuffer, FeatureStats, InceptionScoreStats, inception_score,
-                              kernel_inception_distance, precision_recall)
+from gandist.eval.fid import FeatureStats
+from gandist.eval.inception_score import InceptionScoreStats, inception_score
+from gandist.eval.kid import kernel_inception_distance
+from gandist.eval.precision_recall import precision_recall
+from gandist.eval.streaming import FeatureBuffer
 
 
 def _random_cov(rng, d):

@@ -1,4 +1,4 @@
-"""Name -> builder for architectures, data sources and strategies.
+"""Name -> builder for every name a config can pick: archs, sources, strategies, penalties, detectors.
 
 Entries are "module:attribute" strings resolved on first use, so that `import gandist` never imports DeepSpeed or
 Ray, and a newcomer finds where each name lives by reading this file.
@@ -31,6 +31,26 @@ STRATEGIES = {
     "zero1": "gandist.strategies.zero:ZeroStrategy",
     "zero2": "gandist.strategies.zero:ZeroStrategy",
     "zero3": "gandist.strategies.zero:ZeroStrategy",
+}
+
+# penalties[i].kind -> Penalty class (config: gandist/objectives/config.py)
+PENALTIES = {
+    "gp": "gandist.objectives.penalties:GradientPenalty",
+    "dragan": "gandist.objectives.penalties:Dragan",
+    "r1": "gandist.objectives.penalties:R1",
+    "weight_clip": "gandist.objectives.penalties:WeightClip",
+    "bcr": "gandist.objectives.penalties:BalancedConsistency",
+    "path_length": "gandist.objectives.penalties:PathLength",
+    "ortho": "gandist.objectives.penalties:Ortho",
+}
+
+# watchdog.<section> -> detector class, in the order they run (cheapest and most decisive first)
+DETECTORS = {
+    "nonfinite": "gandist.watchdog.detectors:NonfiniteDetector",
+    "bounds": "gandist.watchdog.detectors:BoundsDetector",
+    "spike": "gandist.watchdog.detectors:SpikeDetector",
+    "sigma_growth": "gandist.watchdog.detectors:SigmaGrowthDetector",
+    "d_overpower": "gandist.watchdog.detectors:DOverpowerDetector",
 }
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from gandist.objectives.augment import consistency_transform
 from gandist.randomness import GlobalRandom
+from gandist.registry import PENALTIES, resolve
 
 
 @dataclass
@@ -73,16 +74,8 @@ class Penalty:
 
 
 def build_penalties(cfgs: list) -> list[Penalty]:
-    """Penalty objects from the `penalties` config list."""
-    return [PENALTIES[c.kind](c) for c in cfgs]
-
-
-PENALTIES: dict[str, type[Penalty]] = {}
-
-
-def _register(cls: type[Penalty]) -> type[Penalty]:
-    PENALTIES[cls.name] = cls
-    return cls
+    """Penalty objects from the `penalties` config list (names: gandist/registry.py's PENALTIES)."""
+    return [resolve(PENALTIES, c.kind, "penalties.kind")(c) for c in cfgs]
 
 
 def input_grads(ctx: PenaltyContext, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -109,7 +102,6 @@ def _uniform_like_batch(rand: GlobalRandom, x: torch.Tensor) -> torch.Tensor:
     return rand.rand(x.shape[0], *([1] * (x.dim() - 1))).to(device=x.device, dtype=x.dtype)
 
 
-@_register
 class GradientPenalty(Penalty):
     """WGAN-GP (Gulrajani et al. 2017): weight * E(||grad D(eps*real + (1-eps)*fake)|| - center)^2."""
 
@@ -125,7 +117,6 @@ class GradientPenalty(Penalty):
         return self.weight * value
 
 
-@_register
 class Dragan(Penalty):
     """DRAGAN (Kodali et al. 2017): the gradient penalty at points between real and real + c*std(real)*U[0,1)."""
 
@@ -151,7 +142,6 @@ class Dragan(Penalty):
         return (moments[1] - moments[0].square()).clamp_min(0).sqrt().to(real.dtype)
 
 
-@_register
 class R1(Penalty):
     """R1 (Mescheder et al. 2018): gamma/2 * E||grad_x D(x_real)||^2; `weight` is gamma."""
 
@@ -163,7 +153,6 @@ class R1(Penalty):
         return 0.5 * self.weight * value
 
 
-@_register
 class WeightClip(Penalty):
     """WGAN weight clipping: after each D step every parameter of D is clamped to [-clip, clip]."""
 
@@ -180,7 +169,6 @@ class WeightClip(Penalty):
             p.clamp_(-self.cfg.clip, self.cfg.clip)
 
 
-@_register
 class BalancedConsistency(Penalty):
     """bCR (Zhao et al. 2021): weight * (E(D(x)-D(T(x)))^2 on real + the same on fake), T = DiffAugment policies."""
 
@@ -202,7 +190,6 @@ class BalancedConsistency(Penalty):
         return (ctx.d_forward(x, y).float() - ctx.d_forward(x_t, y).float()).square().mean()
 
 
-@_register
 class PathLength(Penalty):
     """StyleGAN2 path-length regularization: weight * E(||J_w^T n|| - a)^2, a the running mean of ||J_w^T n||."""
 
@@ -246,7 +233,6 @@ class PathLength(Penalty):
         self.pl_mean = torch.as_tensor(state["pl_mean"], dtype=torch.float32).clone()
 
 
-@_register
 class Ortho(Penalty):
     """BigGAN orthogonal regularization of G: beta * sum ||W^T W * (1 - I)||_F^2 (gandist.nn.ortho)."""
 

@@ -1,4 +1,4 @@
-"""Name -> builder for every name a config can pick: archs, sources, strategies, penalties, detectors.
+"""Name -> builder for every name a config picks: archs, sources, strategies, losses, penalties, detectors.
 
 Entries are "module:attribute" strings resolved on first use, so that `import gandist` never imports DeepSpeed or
 Ray, and a newcomer finds where each name lives by reading this file.
@@ -31,6 +31,15 @@ STRATEGIES = {
     "zero1": "gandist.strategies.zero:ZeroStrategy",
     "zero2": "gandist.strategies.zero:ZeroStrategy",
     "zero3": "gandist.strategies.zero:ZeroStrategy",
+}
+
+# loss.kind (and loss.relativistic_base) -> loss class with d(), g(), needs_real_in_g
+LOSSES = {
+    "ns": "gandist.objectives.losses:NonSaturating",
+    "hinge": "gandist.objectives.losses:Hinge",
+    "wasserstein": "gandist.objectives.losses:Wasserstein",
+    "ls": "gandist.objectives.losses:LeastSquares",
+    "relativistic": "gandist.objectives.losses:RelativisticAverage",
 }
 
 # penalties[i].kind -> Penalty class (config: gandist/objectives/config.py)

@@ -1,4 +1,5 @@
-"""Name -> builder for every name a config picks: archs, sources, strategies, losses, penalties, detectors.
+"""Name -> builder for every name a config picks: archs, sources, strategies, losses, penalties, detectors,
+metrics.
 
 Entries are "module:attribute" strings resolved on first use, so that `import gandist` never imports DeepSpeed or
 Ray, and a newcomer finds where each name lives by reading this file.
@@ -60,6 +61,15 @@ DETECTORS = {
     "spike": "gandist.watchdog.detectors:SpikeDetector",
     "sigma_growth": "gandist.watchdog.detectors:SigmaGrowthDetector",
     "d_overpower": "gandist.watchdog.detectors:DOverpowerDetector",
+}
+
+# eval.metrics -> what computes it (eval/periodic.py's Evaluator drives them; one file per metric family)
+METRICS = {
+    "fid": "gandist.eval.fid:frechet_distance",
+    "kid": "gandist.eval.kid:kernel_inception_distance",
+    "is": "gandist.eval.inception_score:InceptionScoreStats",
+    "pr": "gandist.eval.precision_recall:precision_recall",
+    "modes": "gandist.eval.modes:toy2d_coverage",  # stacked_digits_coverage beside it, picked by data.kind
 }
 
 

@@ -6,8 +6,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from gandist.configbase import Section
+from gandist.registry import METRICS as METRIC_HOMES
 
-METRICS = ("fid", "kid", "is", "pr", "modes")
+METRICS = tuple(METRIC_HOMES)  # fid, kid, is, pr, modes
 
 
 class EvalConfig(Section):

@@ -181,3 +181,15 @@ def test_feature_buffer_orders_by_global_index():
     buf.update(torch.tensor([[0.0], [1.0]]), start=0)
     buf.update(torch.tensor([[10.0]]), start=10)  # beyond the limit: dropped
     assert buf.gather(None).flatten().tolist() == [0.0, 1.0, 4.0, 5.0]
+
+
+def test_every_metric_name_resolves_to_its_family_module():
+    from gandist.eval.config import METRICS
+    from gandist.registry import METRICS as HOMES, resolve
+
+    assert METRICS == ("fid", "kid", "is", "pr", "modes")
+    assert resolve(HOMES, "fid", "eval.metrics") is frechet_distance
+    assert resolve(HOMES, "kid", "eval.metrics") is kernel_inception_distance
+    assert resolve(HOMES, "is", "eval.metrics") is InceptionScoreStats
+    assert resolve(HOMES, "pr", "eval.metrics") is precision_recall
+    assert resolve(HOMES, "modes", "eval.metrics").__module__ == "gandist.eval.modes"

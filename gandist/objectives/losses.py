@@ -41,18 +41,12 @@ class Hinge:
         return -fake.mean()
 
 
-class Wasserstein:
-    """WGAN critic loss (Arjovsky et al. 2017); pair it with a gradient penalty or weight clipping."""
-
-    needs_real_in_g = False
+class Wasserstein(Hinge):
+    """WGAN critic loss (Arjovsky et al. 2017; pair it with a gradient penalty or weight clipping); G as hinge."""
 
     @staticmethod
     def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return fake.mean() - real.mean()
-
-    @staticmethod
-    def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
-        return -fake.mean()
 
 
 class LeastSquares:

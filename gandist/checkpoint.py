@@ -199,7 +199,7 @@ class CheckpointStore:
         steps = self.steps()
         keep = set(steps[-self.keep_last:])
         for s in reversed(steps):
-            m = self._manifest(s)
+            m = self.manifest(s)
             if m and m.get("healthy"):
                 keep.add(s)
                 break
@@ -231,7 +231,8 @@ class CheckpointStore:
             return None
         return int(m.group(1)) if m else None
 
-    def _manifest(self, step: int) -> dict | None:
+    def manifest(self, step: int) -> dict | None:
+        """The manifest of a checkpoint, or None when it has none (then it does not exist)."""
         try:
             with self.fs.open(f"{self.root}/{step_name(step)}/manifest.json", "rb") as f:
                 manifest = json.loads(f.read())
@@ -239,15 +240,11 @@ class CheckpointStore:
             return None
         return manifest if isinstance(manifest, dict) and manifest.get("step") == step else None
 
-    def manifest(self, step: int) -> dict | None:
-        """The manifest of a checkpoint, or None when it has none (then it does not exist)."""
-        return self._manifest(step)
-
     def valid_steps(self, healthy_only: bool = False) -> list[int]:
         """Steps with a readable manifest (not yet checksum-verified), ascending."""
         out = []
         for s in self.steps():
-            m = self._manifest(s)
+            m = self.manifest(s)
             if m and (m.get("healthy") or not healthy_only):
                 out.append(s)
         return out
@@ -275,7 +272,7 @@ class CheckpointStore:
 
     def load(self, step: int, rank: int | None = 0) -> LoadedCheckpoint:
         """Load and verify one checkpoint; raises CheckpointError naming the file and the problem."""
-        manifest = self._manifest(step)
+        manifest = self.manifest(step)
         where = f"{self.url}/{step_name(step)}"
         if manifest is None:
             raise CheckpointError(f"{where}: no valid manifest.json (incomplete checkpoint)")

@@ -1,4 +1,5 @@
-"""Name -> builder for architectures, data sources and strategies.
+"""Name -> builder for every name a config picks: archs, sources, strategies, losses, penalties, detectors,
+metrics.
 
 Entries are "module:attribute" strings resolved on first use, so that `import gandist` never imports DeepSpeed or
 Ray, and a newcomer finds where each name lives by reading this file.
@@ -31,6 +32,44 @@ STRATEGIES = {
     "zero1": "gandist.strategies.zero:ZeroStrategy",
     "zero2": "gandist.strategies.zero:ZeroStrategy",
     "zero3": "gandist.strategies.zero:ZeroStrategy",
+}
+
+# loss.kind (and loss.relativistic_base) -> loss class with d(), g(), needs_real_in_g
+LOSSES = {
+    "ns": "gandist.objectives.losses:NonSaturating",
+    "hinge": "gandist.objectives.losses:Hinge",
+    "wasserstein": "gandist.objectives.losses:Wasserstein",
+    "ls": "gandist.objectives.losses:LeastSquares",
+    "relativistic": "gandist.objectives.losses:RelativisticAverage",
+}
+
+# penalties[i].kind -> Penalty class (config: gandist/objectives/config.py)
+PENALTIES = {
+    "gp": "gandist.objectives.penalties:GradientPenalty",
+    "dragan": "gandist.objectives.penalties:Dragan",
+    "r1": "gandist.objectives.penalties:R1",
+    "weight_clip": "gandist.objectives.penalties:WeightClip",
+    "bcr": "gandist.objectives.penalties:BalancedConsistency",
+    "path_length": "gandist.objectives.penalties:PathLength",
+    "ortho": "gandist.objectives.penalties:Ortho",
+}
+
+# watchdog.<section> -> detector class, in the order they run (cheapest and most decisive first)
+DETECTORS = {
+    "nonfinite": "gandist.watchdog.detectors:NonfiniteDetector",
+    "bounds": "gandist.watchdog.detectors:BoundsDetector",
+    "spike": "gandist.watchdog.detectors:SpikeDetector",
+    "sigma_growth": "gandist.watchdog.detectors:SigmaGrowthDetector",
+    "d_overpower": "gandist.watchdog.detectors:DOverpowerDetector",
+}
+
+# eval.metrics -> what computes it (eval/periodic.py's Evaluator drives them; one file per metric family)
+METRICS = {
+    "fid": "gandist.eval.fid:frechet_distance",
+    "kid": "gandist.eval.kid:kernel_inception_distance",
+    "is": "gandist.eval.inception_score:InceptionScoreStats",
+    "pr": "gandist.eval.precision_recall:precision_recall",
+    "modes": "gandist.eval.modes:toy2d_coverage",  # stacked_digits_coverage beside it, picked by data.kind
 }
 
 

@@ -49,6 +49,14 @@ class BatchIterator(ABC):
         """Stop worker processes."""
 
 
+def micro_batch_size(global_batch: int, world_size: int, accumulation: int) -> int:
+    """Samples per rank per micro-batch; the one check that the global batch divides into ranks x micro-batches."""
+    if global_batch % (world_size * accumulation):
+        raise UserError(f"train.batch_size {global_batch} is not divisible by world size {world_size} x "
+                        f"optim.accumulation {accumulation}; choose a multiple of {world_size * accumulation}")
+    return global_batch // (world_size * accumulation)
+
+
 def rank_positions(global_batch: int, rank: int, world_size: int, micro_batches: int = 1) -> torch.Tensor:
     """Positions in the global batch that `rank` trains on, micro-batch-major.
 
@@ -56,10 +64,7 @@ def rank_positions(global_batch: int, rank: int, world_size: int, micro_batches:
     its W equal parts. Rank-major slicing ([r*B/W, (r+1)*B/W) split into A pieces) would put different samples
     together in a micro-batch at each world size, and cross-replica BN would then see different batch statistics.
     """
-    if global_batch % (world_size * micro_batches):
-        raise UserError(f"train.batch_size {global_batch} is not divisible by world size {world_size} x "
-                        f"optim.accumulation {micro_batches}")
-    part = global_batch // (world_size * micro_batches)
+    part = micro_batch_size(global_batch, world_size, micro_batches)
     starts = [micro_batch_start(global_batch, rank, world_size, micro_batches, i) for i in range(micro_batches)]
     return torch.cat([torch.arange(start, start + part) for start in starts])
 

@@ -144,19 +144,27 @@ class FolderSource(_PermutedImages):
         return torch.stack([load_image(self.files[int(i)], self.resolution, self.channels) for i in idx])
 
 
+def resize_and_centre_crop(im, resolution: int):
+    """A PIL image with its shorter side resized (bicubic) to `resolution`, centre-cropped to R x R."""
+    from PIL import Image
+
+    if im.size == (resolution, resolution):
+        return im
+    w, h = im.size
+    scale = resolution / min(w, h)
+    im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
+    w, h = im.size
+    left, top = (w - resolution) // 2, (h - resolution) // 2
+    return im.crop((left, top, left + resolution, top + resolution))
+
+
 def load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
     """Decode, resize the shorter side to `resolution`, centre-crop, scale to [-1, 1]: [C, R, R]."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            w, h = im.size
-            scale = resolution / min(w, h)
-            im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
-            w, h = im.size
-            left, top = (w - resolution) // 2, (h - resolution) // 2
-            im = im.crop((left, top, left + resolution, top + resolution))
+            im = resize_and_centre_crop(im.convert("L" if channels == 1 else "RGB"), resolution)
             arr = np.asarray(im, dtype=np.float32)
     except OSError as err:
         raise UserError(f"{path}: cannot decode image ({err}); remove or replace the file") from None

@@ -27,8 +27,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from gandist.data.base import BatchIterator, DataInfo, DataSource
+from gandist.data.base import BatchIterator, DataInfo, DataSource, micro_batch_size
 from gandist.data.shards import read_manifest
+from gandist.data.sources import resize_and_centre_crop
 from gandist.errors import DataStreamError, UserError
 
 log = logging.getLogger("gandist.data")
@@ -153,15 +154,7 @@ class Decoder:
                                       f"data.num_classes={self.num_classes}; raise data.num_classes")
         try:
             with Image.open(io.BytesIO(sample[key])) as im:
-                im = im.convert("L" if self.channels == 1 else "RGB")
-                r = self.resolution
-                if im.size != (r, r):
-                    w, h = im.size
-                    scale = r / min(w, h)
-                    im = im.resize((max(r, round(w * scale)), max(r, round(h * scale))), Image.BICUBIC)
-                    w, h = im.size
-                    left, top = (w - r) // 2, (h - r) // 2
-                    im = im.crop((left, top, left + r, top + r))
+                im = resize_and_centre_crop(im.convert("L" if self.channels == 1 else "RGB"), self.resolution)
                 arr = np.asarray(im, dtype=np.uint8)
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
             log.warning("data: %s: sample %r: cannot decode image (%s); skipped", url, sample["__key__"], err)
@@ -269,8 +262,6 @@ class StreamBatches(BatchIterator):
     """This rank's batches from the shard streams, with positions, skip counts and the skip budget."""
 
     def __init__(self, source: "WebDatasetSource", rank: int, world_size: int, global_batch: int, seed: int):
-        if global_batch % world_size:
-            raise UserError(f"train.batch_size {global_batch} is not divisible by the world size {world_size}")
         self.source, self.rank, self.world_size, self.seed = source, rank, world_size, seed
         self.batch = global_batch // world_size
         self.streams = max(1, source.cfg.workers)
@@ -403,7 +394,8 @@ class WebDatasetSource(DataSource):
     def loader(self, rank: int, world_size: int, global_batch: int, seed: int,
                micro_batches: int = 1) -> StreamBatches:
         """This rank's iterator (starts its DataLoader workers on the first batch). Shards differ per rank, so the
-        micro-batch layout has nothing to keep invariant: `micro_batches` is accepted and not needed."""
+        micro-batch layout has nothing to keep invariant: `micro_batches` is only checked to divide the batch."""
+        micro_batch_size(global_batch, world_size, micro_batches)
         return StreamBatches(self, rank, world_size, global_batch, seed)
 
     def real_samples(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,4 +1,8 @@
-"""Evaluation: feature networks (features.py), FID/KID/IS/PR (fid.py), mode coverage (modes.py), `gandist eval`."""
+"""Evaluation: one file per metric family and `gandist eval`.
+
+features.py (feature networks), fid.py, kid.py, inception_score.py, precision_recall.py, modes.py (mode coverage),
+streaming.py (the cross-rank sum and feature buffer they share), periodic.py (the Evaluator), cli.py.
+"""
 from __future__ import annotations
 
 __all__ = ["frechet_distance"]

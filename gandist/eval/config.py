@@ -6,8 +6,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from gandist.configbase import Section
+from gandist.registry import METRICS as METRIC_HOMES
 
-METRICS = ("fid", "kid", "is", "pr", "modes")
+METRICS = tuple(METRIC_HOMES)  # fid, kid, is, pr, modes
 
 
 class EvalConfig(Section):
@@ -37,3 +38,8 @@ class EvalConfig(Section):
             if m not in METRICS:
                 raise ValueError(f"unknown metric {m!r}; choose from {', '.join(METRICS)}")
         return metrics
+
+
+def min_samples(metric: str, *, k: int = 3, splits: int = 10) -> int:
+    """The fewest samples a metric can be computed from (for early, clear errors)."""
+    return {"fid": 2, "kid": 2, "is": splits, "pr": k + 1}.get(metric, 1)

@@ -14,8 +14,13 @@ from pathlib import Path
 import torch
 
 from gandist.errors import UserError
-from gandist.eval import fid as fidlib
+from gandist.eval.config import min_samples
+from gandist.eval.fid import FeatureStats, frechet_distance
+from gandist.eval.inception_score import InceptionScoreStats
+from gandist.eval.kid import kernel_inception_distance
 from gandist.eval.modes import stacked_digits_coverage, toy2d_coverage
+from gandist.eval.precision_recall import precision_recall
+from gandist.eval.streaming import FeatureBuffer
 
 LOWER_IS_BETTER = {"fid", "kid", "reverse_kl"}
 
@@ -64,7 +69,7 @@ class Evaluator:
         if "modes" in self.metrics and self.kind not in ("toy2d", "stacked_digits"):
             raise UserError(f"eval.metrics: modes needs data.kind toy2d or stacked_digits, not {self.kind}")
         for m in self.metrics:
-            need = fidlib.min_samples(m, k=self.ecfg.pr_k, splits=self.ecfg.is_splits)
+            need = min_samples(m, k=self.ecfg.pr_k, splits=self.ecfg.is_splits)
             if self.num < need:
                 raise UserError(f"eval: {m} needs at least {need} samples, got --num/eval.num {self.num}")
 
@@ -92,8 +97,8 @@ class Evaluator:
             net = self.feature_net(device)
             n = self.ecfg.reference_num or self.num
             bs = self.ecfg.batch_size
-            stats = fidlib.FeatureStats(net.feature_dim)
-            buffer = fidlib.FeatureBuffer(min(n, self.ecfg.max_buffer)) if self._buffer_needed() else None
+            stats = FeatureStats(net.feature_dim)
+            buffer = FeatureBuffer(min(n, self.ecfg.max_buffer)) if self._buffer_needed() else None
             it = self.source.loader(0, 1, bs, _stream_seed(self.ecfg.seed, "eval-real"))
             try:
                 for j in range(math.ceil(n / bs)):
@@ -140,10 +145,10 @@ class Evaluator:
         bs, n = self.ecfg.batch_size, self.num
         use_features = self._needs_features()
         net = self.feature_net(device) if use_features else None
-        stats = fidlib.FeatureStats(net.feature_dim) if use_features else None
-        buffer = fidlib.FeatureBuffer(min(n, self.ecfg.max_buffer)) if use_features and self._buffer_needed() else None
-        is_stats = fidlib.InceptionScoreStats(net.num_classes, self.ecfg.is_splits) if "is" in self.metrics else None
-        modes = fidlib.FeatureBuffer(n) if "modes" in self.metrics else None
+        stats = FeatureStats(net.feature_dim) if use_features else None
+        buffer = FeatureBuffer(min(n, self.ecfg.max_buffer)) if use_features and self._buffer_needed() else None
+        is_stats = InceptionScoreStats(net.num_classes, self.ecfg.is_splits) if "is" in self.metrics else None
+        modes = FeatureBuffer(n) if "modes" in self.metrics else None
         for j in range(math.ceil(n / bs)):
             if j % world != rank:
                 continue
@@ -175,12 +180,12 @@ class Evaluator:
         if "fid" in self.metrics or "kid" in self.metrics or "pr" in self.metrics:
             ref_stats, real_feats = self.reference(strategy, device)
         if "fid" in self.metrics:
-            out["fid"] = fidlib.frechet_distance(*ref_stats.mean_cov(), *stats.mean_cov())
+            out["fid"] = frechet_distance(*ref_stats.mean_cov(), *stats.mean_cov())
         if "kid" in self.metrics:
-            out["kid"], out["kid_std"] = fidlib.kernel_inception_distance(
+            out["kid"], out["kid_std"] = kernel_inception_distance(
                 real_feats, fake_feats, self.ecfg.kid_subsets, self.ecfg.kid_subset_size, self.ecfg.seed)
         if "pr" in self.metrics:
-            out["precision"], out["recall"] = fidlib.precision_recall(real_feats, fake_feats, self.ecfg.pr_k)
+            out["precision"], out["recall"] = precision_recall(real_feats, fake_feats, self.ecfg.pr_k)
         if is_stats is not None:
             out["is"], out["is_std"] = is_stats.score()
         return out

@@ -49,6 +49,14 @@ def small_image_pair_dims(cfg, info: DataInfo, ctx: BuildContext) -> tuple[int, 
     return (conditional_classes(cfg, info), info.shape[0], info.shape[1], packed_info(info, ctx.pack).shape[0])
 
 
+def projection_logits(linear, embed, h, y):
+    """D's logits [N] from pooled features h [N, F]: linear(h), plus <embed(y), h> when conditional (Miyato 2018)."""
+    out = linear(h).squeeze(1)
+    if embed is not None and y is not None:
+        out = out + (embed(y) * h).sum(1)
+    return out
+
+
 def count_params(module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gandist.data.base import DataInfo
-from gandist.models.base import BuildContext, conditional_classes, packed_info
+from gandist.models.base import BuildContext, conditional_classes, packed_info, projection_logits
 from gandist.nn.attention import SelfAttention
 from gandist.nn.conditional_bn import ConditionalBatchNorm2d, PlainBatchNorm2d
 from gandist.nn.cross_replica_bn import batch_norm
@@ -237,10 +237,7 @@ class Discriminator(nn.Module):
         for block in self.blocks:
             h = block(h)
         h = F.relu(h).sum(dim=[2, 3])
-        out = self.linear(h).squeeze(1)
-        if self.embed is not None and y is not None:
-            out = out + (self.embed(y) * h).sum(dim=1)
-        return out
+        return projection_logits(self.linear, self.embed, h, y)
 
 
 def _init_weights(module: nn.Module, ortho: bool) -> None:

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from gandist.models.base import BuildContext, small_image_pair_dims
+from gandist.models.base import BuildContext, projection_logits, small_image_pair_dims
 from gandist.nn.cross_replica_bn import batch_norm
 from gandist.nn.spectral_norm import conv2d, embedding, linear
 
@@ -66,10 +66,7 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x).flatten(1)
-        out = self.fc(h).squeeze(1)
-        if self.embed is not None and y is not None:
-            out = out + (self.embed(y) * h).sum(1)
-        return out
+        return projection_logits(self.fc, self.embed, h, y)
 
 
 def build(cfg, info, ctx: BuildContext):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gandist.models.base import BuildContext, small_image_pair_dims
+from gandist.models.base import BuildContext, projection_logits, small_image_pair_dims
 from gandist.models.dcgan import _stages
 from gandist.nn.cross_replica_bn import batch_norm
 from gandist.nn.spectral_norm import conv2d, embedding, linear
@@ -79,10 +79,7 @@ class ResNetDiscriminator(nn.Module):
 
     def forward(self, x, y=None):
         h = F.relu(self.blocks(x)).sum((2, 3))
-        out = self.fc(h).squeeze(1)
-        if self.embed is not None and y is not None:
-            out = out + (self.embed(y) * h).sum(1)
-        return out
+        return projection_logits(self.fc, self.embed, h, y)
 
 
 def build(cfg, info, ctx: BuildContext):

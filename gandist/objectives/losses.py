@@ -1,38 +1,82 @@
-"""Adversarial losses. Each takes D's logits ([N]) and returns a scalar mean over the batch."""
+"""Adversarial losses. Each takes D's logits ([N]) and returns a scalar mean over the batch.
+
+One class per `loss.kind` (names: gandist/registry.py's LOSSES), each with `d(cfg, real, fake)`, `g(cfg, fake, real)`
+and `needs_real_in_g` (whether G's loss compares with D's logits on real samples).
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from gandist.objectives.config import LossConfig
+from gandist.registry import LOSSES, resolve
 
 
-def d_loss(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """D's loss given logits on real and fake samples."""
-    kind = cfg.kind
-    if kind == "relativistic":
-        # RaGAN: compare each logit with the mean logit of the other set (Jolicoeur-Martineau 2019)
-        real, fake = real - fake.mean(), fake - real.mean()
-        kind = cfg.relativistic_base
-        if kind == "ls":
-            return 0.5 * (((real - 1) ** 2).mean() + ((fake + 1) ** 2).mean())
-    if kind == "ns":
+class NonSaturating:
+    """Logistic loss; G maximizes log D(G(z)) (Goodfellow et al. 2014), optional one-sided label smoothing."""
+
+    needs_real_in_g = False
+
+    @staticmethod
+    def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         target = 1.0 - cfg.label_smoothing
-        real_term = F.binary_cross_entropy_with_logits(real, torch.full_like(real, target))
-        return real_term + F.softplus(fake).mean()
-    if kind == "hinge":
+        return F.binary_cross_entropy_with_logits(real, torch.full_like(real, target)) + F.softplus(fake).mean()
+
+    @staticmethod
+    def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        return F.softplus(-fake).mean()
+
+
+class Hinge:
+    """Hinge loss (Lim & Ye 2017; SAGAN, BigGAN)."""
+
+    needs_real_in_g = False
+
+    @staticmethod
+    def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-    if kind == "wasserstein":
+
+    @staticmethod
+    def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        return -fake.mean()
+
+
+class Wasserstein(Hinge):
+    """WGAN critic loss (Arjovsky et al. 2017; pair it with a gradient penalty or weight clipping); G as hinge."""
+
+    @staticmethod
+    def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return fake.mean() - real.mean()
-    if kind == "ls":
+
+
+class LeastSquares:
+    """LSGAN (Mao et al. 2017) with targets real 1, fake 0."""
+
+    needs_real_in_g = False
+
+    @staticmethod
+    def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return 0.5 * (((real - 1) ** 2).mean() + (fake ** 2).mean())
-    raise ValueError(f"loss.kind: unknown loss {cfg.kind!r}")
+
+    @staticmethod
+    def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        return 0.5 * ((fake - 1) ** 2).mean()
 
 
-def g_loss(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
-    """G's loss given logits on fake samples (and on real ones for the relativistic loss)."""
-    kind = cfg.kind
-    if kind == "relativistic":
+class RelativisticAverage:
+    """RaGAN (Jolicoeur-Martineau 2019): each logit is compared with the mean logit of the other set."""
+
+    needs_real_in_g = True
+
+    @staticmethod
+    def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        real, fake = real - fake.mean(), fake - real.mean()
+        if cfg.relativistic_base == "ls":
+            return 0.5 * (((real - 1) ** 2).mean() + ((fake + 1) ** 2).mean())  # targets +-1, not LSGAN's 1/0
+        return resolve(LOSSES, cfg.relativistic_base, "loss.relativistic_base").d(cfg, real, fake)
+
+    @staticmethod
+    def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         if real is None:
             raise ValueError("loss.kind=relativistic needs D's logits on real samples in the G phase")
         real, fake = real.detach() - fake.mean(), fake - real.detach().mean()
@@ -42,15 +86,18 @@ def g_loss(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None
         if base == "hinge":
             return F.relu(1 + real).mean() + F.relu(1 - fake).mean()
         return 0.5 * (((real + 1) ** 2).mean() + ((fake - 1) ** 2).mean())
-    if kind == "ns":
-        return F.softplus(-fake).mean()
-    if kind in ("hinge", "wasserstein"):
-        return -fake.mean()
-    if kind == "ls":
-        return 0.5 * ((fake - 1) ** 2).mean()
-    raise ValueError(f"loss.kind: unknown loss {cfg.kind!r}")
+
+
+def d_loss(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """D's loss given logits on real and fake samples."""
+    return resolve(LOSSES, cfg.kind, "loss.kind").d(cfg, real, fake)
+
+
+def g_loss(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """G's loss given logits on fake samples (and on real ones for the relativistic loss)."""
+    return resolve(LOSSES, cfg.kind, "loss.kind").g(cfg, fake, real)
 
 
 def needs_real_in_g_phase(cfg: LossConfig) -> bool:
     """Relativistic losses compare with real logits in the G phase too."""
-    return cfg.kind == "relativistic"
+    return resolve(LOSSES, cfg.kind, "loss.kind").needs_real_in_g

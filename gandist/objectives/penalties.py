@@ -5,7 +5,6 @@ Interface (the loop relies on exactly this):
 - `loss(ctx) -> Tensor`: the weighted scalar term (weight applied; the lazy factor k is applied by the loop).
 - `after_step(module)`: called on the plain module of `net` after each optimizer step (weight clipping).
 - `state_dict()` / `load_state_dict()`: running state (path-length mean) saved in checkpoints.
-- `last_value`: float of the last unweighted value, for signals.
 """
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from gandist.objectives.augment import consistency_transform
 from gandist.randomness import GlobalRandom
+from gandist.registry import PENALTIES, resolve
 
 
 @dataclass
@@ -51,16 +51,6 @@ class Penalty:
         self.cfg = cfg
         self.weight = float(cfg.weight)
         self.every = int(cfg.every)
-        self._last: torch.Tensor | float = 0.0
-
-    @property
-    def last_value(self) -> float:
-        """The last unweighted value (a float; read lazily so that GPU runs sync only when signals are logged)."""
-        return float(self._last)
-
-    @last_value.setter
-    def last_value(self, value) -> None:
-        self._last = value.detach() if isinstance(value, torch.Tensor) else float(value)
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         """The weighted penalty term."""
@@ -85,16 +75,8 @@ class Penalty:
 
 
 def build_penalties(cfgs: list) -> list[Penalty]:
-    """Penalty objects from the `penalties` config list."""
-    return [PENALTIES[c.kind](c) for c in cfgs]
-
-
-PENALTIES: dict[str, type[Penalty]] = {}
-
-
-def _register(cls: type[Penalty]) -> type[Penalty]:
-    PENALTIES[cls.name] = cls
-    return cls
+    """Penalty objects from the `penalties` config list (names: gandist/registry.py's PENALTIES)."""
+    return [resolve(PENALTIES, c.kind, "penalties.kind")(c) for c in cfgs]
 
 
 def input_grads(ctx: PenaltyContext, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -121,7 +103,6 @@ def _uniform_like_batch(rand: GlobalRandom, x: torch.Tensor) -> torch.Tensor:
     return rand.rand(x.shape[0], *([1] * (x.dim() - 1))).to(device=x.device, dtype=x.dtype)
 
 
-@_register
 class GradientPenalty(Penalty):
     """WGAN-GP (Gulrajani et al. 2017): weight * E(||grad D(eps*real + (1-eps)*fake)|| - center)^2."""
 
@@ -135,11 +116,9 @@ class GradientPenalty(Penalty):
         x_hat = eps * ctx.real.detach() + (1 - eps) * fake.to(ctx.real.dtype)
         norms = torch.linalg.vector_norm(input_grads(ctx, x_hat, ctx.real_y), dim=1)
         value = (norms - self.cfg.center).square().mean()
-        self.last_value = value
         return self.weight * value
 
 
-@_register
 class Dragan(Penalty):
     """DRAGAN (Kodali et al. 2017): the gradient penalty at points between real and real + c*std(real)*U[0,1)."""
 
@@ -155,7 +134,6 @@ class Dragan(Penalty):
         x_hat = real + _uniform_like_batch(ctx.rand, real) * perturb
         norms = torch.linalg.vector_norm(input_grads(ctx, x_hat, ctx.real_y), dim=1)
         value = (norms - self.cfg.center).square().mean()
-        self.last_value = value
         return self.weight * value
 
     @staticmethod
@@ -167,7 +145,6 @@ class Dragan(Penalty):
         return (moments[1] - moments[0].square()).clamp_min(0).sqrt().to(real.dtype)
 
 
-@_register
 class R1(Penalty):
     """R1 (Mescheder et al. 2018): gamma/2 * E||grad_x D(x_real)||^2; `weight` is gamma."""
 
@@ -177,11 +154,9 @@ class R1(Penalty):
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real")
         value = input_grads(ctx, ctx.real, ctx.real_y).square().sum(1).mean()
-        self.last_value = value
         return 0.5 * self.weight * value
 
 
-@_register
 class WeightClip(Penalty):
     """WGAN weight clipping: after each D step every parameter of D is clamped to [-clip, clip]."""
 
@@ -198,7 +173,6 @@ class WeightClip(Penalty):
             p.clamp_(-self.cfg.clip, self.cfg.clip)
 
 
-@_register
 class BalancedConsistency(Penalty):
     """bCR (Zhao et al. 2021): weight * (E(D(x)-D(T(x)))^2 on real + the same on fake), T = DiffAugment policies."""
 
@@ -210,7 +184,6 @@ class BalancedConsistency(Penalty):
         # penalties run outside autocast: fakes made under bf16 autocast are cast back to the reals' dtype
         fake = fake.to(ctx.real.dtype)
         value = self._term(ctx, ctx.real.detach(), ctx.real_y) + self._term(ctx, fake, fake_y)
-        self.last_value = value
         return self.weight * value
 
     def _term(self, ctx: PenaltyContext, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -221,7 +194,6 @@ class BalancedConsistency(Penalty):
         return (ctx.d_forward(x, y).float() - ctx.d_forward(x_t, y).float()).square().mean()
 
 
-@_register
 class PathLength(Penalty):
     """StyleGAN2 path-length regularization: weight * E(||J_w^T n|| - a)^2, a the running mean of ||J_w^T n||."""
 
@@ -255,7 +227,6 @@ class PathLength(Penalty):
             batch_mean = ctx.reduce_mean(batch_mean)
         self.pl_mean = self.pl_mean.to(batch_mean.device).lerp(batch_mean, self.cfg.decay)
         value = (lengths - self.pl_mean).square().mean()
-        self.last_value = value
         return self.weight * value
 
     def state_dict(self) -> dict:
@@ -267,7 +238,6 @@ class PathLength(Penalty):
         self.pl_mean = torch.as_tensor(state["pl_mean"], dtype=torch.float32).clone()
 
 
-@_register
 class Ortho(Penalty):
     """BigGAN orthogonal regularization of G: beta * sum ||W^T W * (1 - I)||_F^2 (gandist.nn.ortho)."""
 
@@ -279,5 +249,4 @@ class Ortho(Penalty):
         from gandist.nn.ortho import ortho_penalty  # written with the BigGAN layers; imported when used
 
         value = ortho_penalty(ctx.G, self.weight)
-        self.last_value = value / self.weight if self.weight else value
         return value

@@ -47,7 +47,6 @@ class StepStats:
     grad_norm: float = 0.0
     layer_grad_norms: dict[str, float] = field(default_factory=dict)
     nonfinite: int = 0  # count of non-finite gradient elements
-    skipped: bool = False  # step skipped (fp16 overflow)
 
 
 @dataclass
@@ -262,17 +261,14 @@ class TorchOptimizerState:
         norm, layers, nonfinite = layer_grad_norms(module)
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable[name], self.grad_clip, foreach=False)
-        skipped = False
         if scaler is not None:
-            before = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
-            skipped = scaler.get_scale() < before
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self._after_step(name)
-        return StepStats(grad_norm=norm, layer_grad_norms=layers, nonfinite=nonfinite, skipped=skipped)
+        return StepStats(grad_norm=norm, layer_grad_norms=layers, nonfinite=nonfinite)
 
     def _param_groups(self, name: str) -> list[dict]:
         return self.optimizers[name].param_groups

@@ -271,7 +271,6 @@ class ZeroStrategy(DistributedBase, Strategy):
         stats = self._grad_stats(name)
         engine = self.engines[name]
         engine.step()
-        stats.skipped = not engine.was_step_applied()
         broadcast_module(self.module(name), self.env, params=False)
         return stats
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one rank: a SignalSink that turns each Signals record into gauges, counters and histograms.
+"""Prometheus metrics of one rank: a signal sink (gandist.train.signals) that turns each Signals record into gauges, counters and histograms.
 
 Every rank serves its own endpoint on `telemetry.port + local_rank` (also under Ray Train: each worker is a process
 with a local rank), so metric names and labels are the same under torchrun, Ray and Kubernetes. Prometheus pulls;
@@ -248,7 +248,7 @@ class MetricsExporter:
         except OSError as err:
             log.warning("metrics: could not write the file_sd target in %s (%s)", self.cfg.file_sd_dir, err)
 
-    # -- SignalSink --------------------------------------------------------------------------------------------
+    # -- signal sink --------------------------------------------------------------------------------------------
 
     def publish(self, signals: Signals) -> None:
         """Record one G step's signals (called by the loop after every G step; a few tens of microseconds)."""

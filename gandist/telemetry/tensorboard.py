@@ -21,7 +21,7 @@ def tensorboard_available() -> bool:
 
 
 class TensorBoardSink:
-    """A SignalSink writing scalars every `every` steps and events as text."""
+    """A signal sink (gandist.train.signals) writing scalars every `every` steps and events as text."""
 
     def __init__(self, log_dir: str, every: int = 10):
         from torch.utils.tensorboard import SummaryWriter

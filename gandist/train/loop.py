@@ -14,9 +14,9 @@ from contextlib import nullcontext
 import torch
 
 from gandist.checkpoint import CheckpointStore
-from gandist.data.base import micro_batch_start
+from gandist.data.base import micro_batch_size, micro_batch_start
 from gandist.data.sources import build_source
-from gandist.errors import UserError, WatchdogGaveUp
+from gandist.errors import WatchdogGaveUp
 from gandist.fileio import atomic_write_text
 from gandist.models.base import BuildContext
 from gandist.objectives import losses
@@ -63,13 +63,7 @@ class Trainer:
         s = self.strategy
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        per_rank = cfg.train.batch_size // s.world_size
-        if cfg.train.batch_size % s.world_size or per_rank % cfg.optim.accumulation:
-            raise UserError(
-                f"train.batch_size {cfg.train.batch_size} must divide into world size {s.world_size} x "
-                f"optim.accumulation {cfg.optim.accumulation} micro-batches; pick a multiple of "
-                f"{s.world_size * cfg.optim.accumulation}")
-        self.micro = per_rank // cfg.optim.accumulation
+        self.micro = micro_batch_size(cfg.train.batch_size, s.world_size, cfg.optim.accumulation)
         # the data is opened before the run dir is written: a wrong data path leaves nothing behind
         self.source = build_source(cfg.data)
         self.info = self.source.info

@@ -84,15 +84,3 @@ class JsonlWriter:
         if self.file:
             self.file.close()
             self.file = None
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """All records of a jsonl file (a torn last line is ignored)."""
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return out

@@ -1,8 +1,11 @@
-"""The Signals record: what the loop publishes after each G step. Watchdog, metrics and logs consume the same one."""
+"""The Signals record: what the loop publishes after each G step. Watchdog, metrics and logs consume the same one.
+
+A signal sink is any object with `publish(signals: Signals)` and `event(record: dict)` (watchdog, metrics exporter,
+TensorBoard writer, jsonl logger); the loop calls both on each sink it holds.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 
 @dataclass
@@ -30,10 +33,3 @@ class Signals:
         """Plain dict (JSON-ready)."""
         return asdict(self)
 
-
-class SignalSink(Protocol):
-    """Anything that consumes the loop's signals and events (watchdog, metrics exporter, jsonl logger)."""
-
-    def publish(self, signals: Signals) -> None: ...
-
-    def event(self, record: dict) -> None: ...

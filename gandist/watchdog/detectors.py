@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gandist.registry import DETECTORS, resolve
 from gandist.train.signals import Signals
 from gandist.watchdog.config import (
     BoundsConfig,
@@ -233,15 +234,10 @@ class BoundsDetector:
 
 
 def build_detectors(cfg: WatchdogConfig) -> list:
-    """The enabled detectors, cheapest and most decisive first."""
-    candidates = [
-        (cfg.nonfinite, NonfiniteDetector),
-        (cfg.bounds, BoundsDetector),
-        (cfg.spike, SpikeDetector),
-        (cfg.sigma_growth, SigmaGrowthDetector),
-        (cfg.d_overpower, DOverpowerDetector),
-    ]
-    return [cls(section) for section, cls in candidates if section.enabled]
+    """The enabled detectors, in gandist/registry.py's DETECTORS order (cheapest and most decisive first)."""
+    sections = {name: getattr(cfg, name) for name in DETECTORS}
+    return [resolve(DETECTORS, name, "watchdog detector")(section)
+            for name, section in sections.items() if section.enabled]
 
 
 def run_detectors(detectors: list, step: int, values: dict[str, float], warmup: int = 0) -> Finding | None:

@@ -8,8 +8,11 @@ import torch
 
 from gandist.errors import UserError
 from gandist.eval import frechet_distance
-from gandist.eval.fid import (FeatureBuffer, FeatureStats, InceptionScoreStats, inception_score,
-                              kernel_inception_distance, precision_recall)
+from gandist.eval.fid import FeatureStats
+from gandist.eval.inception_score import InceptionScoreStats, inception_score
+from gandist.eval.kid import kernel_inception_distance
+from gandist.eval.precision_recall import precision_recall
+from gandist.eval.streaming import FeatureBuffer
 
 
 def _random_cov(rng, d):
@@ -178,3 +181,15 @@ def test_feature_buffer_orders_by_global_index():
     buf.update(torch.tensor([[0.0], [1.0]]), start=0)
     buf.update(torch.tensor([[10.0]]), start=10)  # beyond the limit: dropped
     assert buf.gather(None).flatten().tolist() == [0.0, 1.0, 4.0, 5.0]
+
+
+def test_every_metric_name_resolves_to_its_family_module():
+    from gandist.eval.config import METRICS
+    from gandist.registry import METRICS as HOMES, resolve
+
+    assert METRICS == ("fid", "kid", "is", "pr", "modes")
+    assert resolve(HOMES, "fid", "eval.metrics") is frechet_distance
+    assert resolve(HOMES, "kid", "eval.metrics") is kernel_inception_distance
+    assert resolve(HOMES, "is", "eval.metrics") is InceptionScoreStats
+    assert resolve(HOMES, "pr", "eval.metrics") is precision_recall
+    assert resolve(HOMES, "modes", "eval.metrics").__module__ == "gandist.eval.modes"

@@ -77,3 +77,17 @@ def test_ns_loss_gradient_is_sigmoid_of_logit():
     fake = torch.tensor([-3.0], requires_grad=True)
     g_loss(LossConfig(kind="ns"), fake).backward()
     assert fake.grad.item() == pytest.approx(-1 / (1 + math.exp(-3.0)), rel=1e-6)
+
+
+def test_every_configurable_loss_kind_has_a_registry_entry():
+    from typing import get_args
+
+    from gandist.registry import LOSSES, resolve
+
+    kinds = set(get_args(LossConfig.model_fields["kind"].annotation))
+    assert set(LOSSES) == kinds
+    assert set(get_args(LossConfig.model_fields["relativistic_base"].annotation)) <= kinds
+    assert [resolve(LOSSES, k, "loss.kind").needs_real_in_g for k in sorted(kinds)] == [
+        False, False, False, True, False]  # hinge, ls, ns, relativistic, wasserstein
+    with pytest.raises(KeyError, match="unknown loss.kind 'mse'; known: hinge, ls, ns, relativistic, wasserstein"):
+        resolve(LOSSES, "mse", "loss.kind")

@@ -12,7 +12,7 @@ def _draws(source, rank, world, batch, n=3):
 
 
 def test_global_batch_is_world_size_invariant():
-    for overrides in (["data.kind=toy2d"], ["data.kind=digits"], ["data.kind=toy2d", "data.mixture=grid25"]):
+    for overrides in (["data.kind=toy2d"], ["data.kind=digits", "model.arch=dcgan"], ["data.kind=toy2d", "data.mixture=grid25"]):
         source = build_source(load_config(None, overrides).data)
         one = _draws(source, 0, 1, 8)
         halves = [_draws(source, r, 2, 8) for r in range(2)]
@@ -25,7 +25,7 @@ def test_global_batch_is_world_size_invariant():
 
 def test_micro_batches_hold_the_same_samples_at_every_world_size():
     # global batch 12 in 2 micro-batches: micro-batch i is samples [6i, 6i+6) whether 1, 2 or 3 ranks share it
-    source = build_source(load_config(None, ["data.kind=digits"]).data)
+    source = build_source(load_config(None, ["data.kind=digits", "model.arch=dcgan"]).data)
     whole = next(source.loader(0, 1, 12, seed=7))[0]
     for world in (1, 2, 3):
         parts = [next(source.loader(r, world, 12, seed=7, micro_batches=2))[0] for r in range(world)]
@@ -49,7 +49,7 @@ def test_toy2d_samples_lie_on_their_modes():
 
 
 def test_digits_cover_every_image_once_per_epoch_and_resume_position():
-    source = build_source(load_config(None, ["data.kind=digits", "data.resolution=16"]).data)
+    source = build_source(load_config(None, ["data.kind=digits", "data.resolution=16", "model.arch=dcgan"]).data)
     assert source.info.shape == (1, 16, 16) and source.info.num_classes == 10
     it = source.loader(0, 1, 599, seed=1)  # 3 * 599 = 1797: exactly one epoch
     ys = torch.cat([next(it)[1] for _ in range(3)])

@@ -87,7 +87,7 @@ def test_digits_network_classifies_each_channel_of_stacked_digits(digits_cache):
     from gandist.config import config_from_dict
     from gandist.data.stacked import StackedDigitsSource
 
-    source = StackedDigitsSource(config_from_dict({"data": {"kind": "stacked_digits"}}).data)
+    source = StackedDigitsSource(config_from_dict({"data": {"kind": "stacked_digits"}, "model": {"arch": "dcgan"}}).data)
     x, y = source.real_samples(500, seed=1)
     digits = digits_cache["net"].classify_channels(x)
     predicted = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]

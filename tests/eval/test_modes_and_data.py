@@ -53,7 +53,7 @@ def test_stacked_digits_coverage_counts_modes_from_channel_digits():
 
 
 def _source(resolution=16):
-    return StackedDigitsSource(config_from_dict({"data": {"kind": "stacked_digits", "resolution": resolution}}).data)
+    return StackedDigitsSource(config_from_dict({"data": {"kind": "stacked_digits", "resolution": resolution}, "model": {"arch": "dcgan"}}).data)
 
 
 def test_stacked_digits_batches_do_not_depend_on_world_size():

@@ -189,9 +189,9 @@ class ExperimentConfig(Section):
         # backward finds the weights it saved partitioned (DeepSpeed fails with a size mismatch)
         if not self.penalties:
             return self
-        from gandist.objectives.penalties import PENALTIES  # torch: only when there are penalties to ask
+        from gandist.registry import PENALTIES, resolve  # resolving imports torch: only with penalties to ask
 
-        twice = [p.kind for p in self.penalties if PENALTIES[p.kind].double_backward]
+        twice = [p.kind for p in self.penalties if resolve(PENALTIES, p.kind, "penalties.kind").double_backward]
         if twice and not strategy_class(self.distributed.strategy).supports_double_backward:
             raise ValueError(
                 f"penalties: {', '.join(twice)} differentiate(s) twice, which DeepSpeed ZeRO-3 cannot do "

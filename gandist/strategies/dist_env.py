@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from gandist.data.base import micro_batch_size
 from gandist.errors import UserError
 from gandist.strategies.base import REDUCE_OPS, check_precision, pick_device
 
@@ -116,12 +117,7 @@ class DistributedBase:
 
     def micro_batch(self, accumulation: int) -> int:
         """Per-rank micro-batch size; an error naming the keys when the global batch does not divide."""
-        batch = self.cfg.train.batch_size
-        if batch % (self.world_size * accumulation):
-            raise UserError(
-                f"train.batch_size {batch} is not divisible by world size {self.world_size} x optim.accumulation "
-                f"{accumulation}; choose a multiple of {self.world_size * accumulation}")
-        return batch // (self.world_size * accumulation)
+        return micro_batch_size(self.cfg.train.batch_size, self.world_size, accumulation)
 
     _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
 

@@ -29,6 +29,7 @@ import torch
 import torch.utils.deterministic
 from torch import nn
 
+from gandist.data.base import micro_batch_size
 from gandist.errors import UserError
 from gandist.strategies.base import NETS, OptimSetup, StepStats, Strategy, build_adam
 from gandist.strategies.dist_env import DistributedBase, broadcast_module
@@ -46,9 +47,7 @@ def deepspeed_config(cfg, stage: int, world_size: int, accumulation: int, grad_c
         raise UserError(f"distributed.zero.offload_params needs distributed.strategy=zero3 (got zero{stage}); "
                          "set distributed.zero.offload_params=false or use zero3")
     batch = cfg.train.batch_size
-    if batch % (world_size * accumulation):
-        raise UserError(f"train.batch_size {batch} is not divisible by world size {world_size} x optim.accumulation "
-                         f"{accumulation}; choose a multiple of {world_size * accumulation}")
+    micro = micro_batch_size(batch, world_size, accumulation)  # the one divisibility check
     bucket = int(min(max(numel, 10**6), 5 * 10**8))
     bucket = -(-bucket // 1024) * 1024  # DeepSpeed wants a multiple of its NCCL alignment factor (2 .. 512)
     zero_section: dict = {"stage": stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
@@ -66,7 +65,7 @@ def deepspeed_config(cfg, stage: int, world_size: int, accumulation: int, grad_c
                         "only); use train.amp=bf16")
     return {
         "train_batch_size": batch,
-        "train_micro_batch_size_per_gpu": batch // (world_size * accumulation),
+        "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": float(grad_clip),
         "zero_optimization": zero_section,

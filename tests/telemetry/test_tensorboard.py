@@ -1,6 +1,8 @@
 """Optional TensorBoard writer: scalars land in event files that TensorBoard itself reads back."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from gandist.telemetry import tensorboard as tb
@@ -9,7 +11,12 @@ from gandist.train.signals import Signals
 
 def test_missing_tensorboard_gives_no_sink_instead_of_an_error(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(tb, "tensorboard_available", lambda: False)
-    assert tb.make_tensorboard_sink(str(tmp_path)) is None
+    # another test in this worker may have run a logging.config.dictConfig (Ray, moto's server) that disables
+    # loggers created before it: the module's logger must be live for caplog to see its line
+    monkeypatch.setattr(tb.log, "disabled", False)
+    monkeypatch.setattr(tb.log, "propagate", True)
+    with caplog.at_level(logging.WARNING, logger=tb.log.name):
+        assert tb.make_tensorboard_sink(str(tmp_path)) is None
     assert "pip install tensorboard" in caplog.text
 
 

@@ -19,6 +19,8 @@ import gandist
 from distributed_testutil import gandist as run_gandist
 from distributed_testutil import torchrun
 
+from closeness import compare_state
+
 pytestmark = pytest.mark.slow
 
 ATOL, RTOL = 1e-6, 1e-5
@@ -50,34 +52,12 @@ def train(base: list[str], run_dir, strategy: str = "single", penalties: str | N
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
-def _states(run_a, run_b, step: int, net: str) -> tuple[dict, dict]:
+def compare(run_a, run_b, step: int) -> dict[str, dict]:
+    """Per net, tests/closeness.py's report at this file's stricter ATOL/RTOL: `excess` <= 1 means every element is
+    within ATOL + RTOL |b|; `model_relative` is ||a - b|| / ||b|| over the whole net."""
     a, b = gandist.load_run(str(run_a), checkpoint=step), gandist.load_run(str(run_b), checkpoint=step)
-    sa, sb = getattr(a, net).state_dict(), getattr(b, net).state_dict()
-    assert sa.keys() == sb.keys()
-    return ({k: v.double() for k, v in sa.items() if v.dtype.is_floating_point},
-            {k: v.double() for k, v in sb.items() if v.dtype.is_floating_point})
-
-
-def worst_excess(run_a, run_b, step: int) -> dict[str, tuple[float, str]]:
-    """Per net: the largest max(|a - b| - (ATOL + RTOL |b|)) over tensors (<= 0: all within) and its tensor."""
-    out = {}
-    for net in NETS:
-        sa, sb = _states(run_a, run_b, step, net)
-        excess = {k: float(((sa[k] - sb[k]).abs() - ATOL - RTOL * sb[k].abs()).max()) for k in sb}
-        worst = max(excess, key=excess.get)
-        out[net] = (excess[worst], worst)
-    return out
-
-
-def net_relative_error(run_a, run_b, step: int) -> dict[str, float]:
-    """Per net: ||a - b|| / ||b|| over all of the net's tensors together."""
-    out = {}
-    for net in NETS:
-        sa, sb = _states(run_a, run_b, step, net)
-        diff = sum(float((sa[k] - sb[k]).square().sum()) for k in sb)
-        norm = sum(float(sb[k].square().sum()) for k in sb)
-        out[net] = (diff / norm) ** 0.5
-    return out
+    return {net: compare_state(getattr(a, net).state_dict(), getattr(b, net).state_dict(), atol=ATOL, rtol=RTOL)
+            for net in NETS}
 
 
 def logged_losses(run_dir) -> set[str]:
@@ -92,7 +72,7 @@ def single_toy(tmp_path_factory):
     control = tmp_path_factory.mktemp("single_toy_no_penalties")
     train(TOY, control, penalties="[]")
     # the comparison below can fail: without the penalties D ends far outside the tolerance (measured 2.7e-2)
-    assert net_relative_error(control, run, 3)["D"] > 1e-3
+    assert compare(control, run, 3)["D"]["model_relative"] > 1e-3
     return run
 
 
@@ -101,8 +81,8 @@ def test_zero_with_gp_dragan_and_r1_every_step_matches_single(strategy, single_t
     run = tmp_path / strategy
     train(TOY, run, strategy, penalties=GRADIENT_PENALTIES)
     assert {"D/gp", "D/dragan", "D/r1"} <= logged_losses(run)
-    excess = worst_excess(run, single_toy, 3)
-    assert all(value <= 0 for value, _ in excess.values()), excess  # measured: max |a - b| 1e-9, D within 1e-8
+    report = compare(run, single_toy, 3)
+    assert all(r["excess"] <= 1 for r in report.values()), report  # measured: max |a - b| 1e-9, D within 1e-8
 
 
 def test_zero2_with_bcr_and_r1_every_step_matches_single(tmp_path):
@@ -110,12 +90,12 @@ def test_zero2_with_bcr_and_r1_every_step_matches_single(tmp_path):
     train(DCGAN, tmp_path / "control", penalties="[]")
     train(DCGAN, tmp_path / "zero2", "zero2", penalties=BCR_AND_R1)
     assert {"D/bcr", "D/r1"} <= logged_losses(tmp_path / "zero2")
-    err = net_relative_error(tmp_path / "zero2", tmp_path / "single", 2)
+    report = compare(tmp_path / "zero2", tmp_path / "single", 2)
     # whole-net norms here: Adam turns round-off in G's near-zero gradients into relative steps of 1e-4 on single
     # elements (measured: G 1.6e-7, D 5e-9 over the net)
-    assert max(err.values()) < RTOL, err
-    assert worst_excess(tmp_path / "zero2", tmp_path / "single", 2)["D"][0] <= 0  # the penalized net elementwise
-    assert net_relative_error(tmp_path / "control", tmp_path / "single", 2)["D"] > 1e-3  # measured 1.6e-2
+    assert max(r["model_relative"] for r in report.values()) < RTOL, report
+    assert report["D"]["excess"] <= 1, report  # the penalized net elementwise
+    assert compare(tmp_path / "control", tmp_path / "single", 2)["D"]["model_relative"] > 1e-3  # measured 1.6e-2
 
 
 def test_zero2_with_r1_and_path_length_every_step_matches_ddp(tmp_path):
@@ -125,8 +105,8 @@ def test_zero2_with_r1_and_path_length_every_step_matches_ddp(tmp_path):
     train(STYLEGAN2, ddp, "ddp")
     train(STYLEGAN2, run, "zero2")
     assert {"D/r1", "G/path_length"} <= logged_losses(run)
-    excess = worst_excess(run, ddp, 2)
-    assert all(value <= 0 for value, _ in excess.values()), excess  # measured: bit-identical
+    report = compare(run, ddp, 2)
+    assert all(r["excess"] <= 1 for r in report.values()), report  # measured: bit-identical
     moved = gandist.load_run(str(run), checkpoint=2).G.state_dict()
     start = gandist.load_run(str(run), checkpoint=1).G.state_dict()
     assert max(float((moved[k] - start[k]).abs().max()) for k in start) > 1e-4  # it did train

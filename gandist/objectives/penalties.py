@@ -46,11 +46,14 @@ class Penalty:
     name: str = "penalty"
     net: str = "D"
     double_backward: bool = False  # its loss holds a gradient (autograd.grad, create_graph): ZeRO-3 refuses it
+    # the watchdog's penalty mitigation (watchdog.mitigation.r1_scale) multiplies weight_scale after a rollback
+    mitigated: bool = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.weight = float(cfg.weight)
         self.every = int(cfg.every)
+        self.weight_scale = 1.0  # the loop multiplies loss(ctx) by it (set from the loop's checkpointed r1_factor)
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         """The weighted penalty term."""
@@ -150,6 +153,7 @@ class R1(Penalty):
 
     name = "r1"
     double_backward = True
+    mitigated = True
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real")

@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO 1/2/3 with two engines, one per net (`distributed.strategy: zero1 | zero2 | zero3`).
 
-Pitfalls handled here (each has a test in tests/distributed/):
+Pitfalls handled here (each has a test in tests/strategies/ or tests/distributed/):
 - DeepSpeed#399: G's backward runs through D; unless D's parameters are frozen during the G phase, D's engine
   collects stray gradients. `phase()` freezes the other net.
 - #4923 / DeepSpeedExamples#193 (the GAN example failing at ZeRO-2/3): the engines' own micro-step counters assume

@@ -77,6 +77,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     channels_last: bool = Field(False, description="Use channels_last memory format for image nets.")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of G.")
+    init_from: str | None = Field(None, description=(
+        "Fine-tune: RUN_DIR_OR_URL[@step|best] whose G, D and G-EMA weights this run starts from (no optimizer "
+        "state, step or data position); the model must match."))
 
 
 class ZeroConfig(Section):
@@ -180,6 +183,24 @@ class ExperimentConfig(Section):
                 raise ValueError(f"penalties.{i}: path_length regularizes StyleGAN2's mapping/synthesis, which "
                                  f"model.arch={arch} does not have; remove it from penalties or use "
                                  "model.arch=stylegan2")
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_d_fits(self) -> "ExperimentConfig":
+        n = self.model.freeze_d
+        if not n:
+            return self
+        if self.distributed.strategy == "zero3":
+            # ZeRO-3 partitions frozen parameters too but keeps no fp32 copy of them, which its checkpoint
+            # consolidation (safe_get_full_fp32_param) reads: a frozen D could not be saved whole
+            raise ValueError("model.freeze_d needs whole frozen weights, which distributed.strategy=zero3 "
+                             "partitions without a master copy; use distributed.strategy=zero2, zero1 or ddp")
+        from gandist.train.finetune import d_block_count  # builds D on the meta device: only with freeze_d
+
+        count = d_block_count(self.model, self.data)
+        if count is not None and n > count:
+            raise ValueError(f"model.freeze_d={n} but the D of model.arch={self.model.arch} at this data.resolution "
+                             f"has {count} blocks; set model.freeze_d to at most {count}")
         return self
 
     @model_validator(mode="after")

@@ -208,6 +208,10 @@ class Discriminator(nn.Module):
         self.fc = EqualizedLinear(ch4 * 16, ch4, activation="lrelu")
         self.out = EqualizedLinear(ch4, max(self.cmap_dim, 1))
 
+    def freeze_blocks(self) -> list[nn.Module]:
+        """FreezeD's blocks, input side first: the resolution blocks (stylegan2-ada's --freezed counts them so)."""
+        return list(self.blocks)
+
     def forward(self, img: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [N]."""
         x = None

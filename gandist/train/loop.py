@@ -27,6 +27,7 @@ from gandist.report.explain import explain_rollback
 from gandist.strategies import build_strategy
 from gandist.strategies.base import OptimSetup
 from gandist.train import ema as ema_lib
+from gandist.train.finetune import freeze_d, init_from
 from gandist.train.lease import acquire_run_lease
 from gandist.train.rundir import JsonlWriter, check_run_dir, write_run_config
 from gandist.train.signals import Signals
@@ -86,6 +87,8 @@ class Trainer:
         optim = {"G": lazy_optim(cfg.optim.g, self.penalties, "G"), "D": lazy_optim(cfg.optim.d, self.penalties, "D")}
         # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
         self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
+        init_from(cfg, run_dir, s, G, D, self.G_ema)  # fine-tuning: weights only, before any engine copies them
+        freeze_d(D, cfg.model.freeze_d)  # frozen before setup: every strategy builds its optimizer without them
         s.setup(G, D, optim, cfg.optim.accumulation, cfg.optim.grad_clip, cfg.train.amp)
         self.loader = self.source.loader(s.rank, s.world_size, cfg.train.batch_size, cfg.seed, cfg.optim.accumulation)
 

@@ -87,6 +87,6 @@ def test_frozen_d_blocks_stay_unchanged_through_every_phase_and_resume(tmp_path,
     for key in d_src:
         if key in frozen:
             assert torch.equal(d_got[key], d_src[key]), f"frozen {key} changed"
-        else:
+        elif key != "fc.bias":  # hinge: an exact zero gradient while every logit is inside the margin
             assert not torch.equal(d_got[key], d_src[key]), f"{key} did not train"
     assert got.step == 4

@@ -65,6 +65,9 @@ class EMAConfig(Section):
     enabled: bool = Field(True, description="Keep an EMA copy of G.")
     decay: float = Field(0.999, ge=0, lt=1, description="EMA decay per G step.")
     start_step: int = Field(0, ge=0, description="Copy G into the EMA until this step, then average.")
+    rampup: float | None = Field(None, gt=0, description=(
+        "stylegan2-ada's ema_rampup (it uses 0.05): the EMA half-life in images grows as rampup x images seen "
+        "until it reaches decay's own (None: a fixed decay)."))
 
 
 class TrainConfig(Section):
@@ -179,6 +182,10 @@ class ExperimentConfig(Section):
                 raise ValueError(f"penalties.{i}: weight_clip on a spectrally normalized D (model.arch={arch}) is "
                                  "undone by the normalization; set model.spectral_norm=false (mlp, dcgan, resnet), or "
                                  "keep spectral norm and drop weight_clip")
+            if p.kind == "ortho" and p.net == "d" and strategy_class(self.distributed.strategy).partitions_params:
+                # the D phases hand penalties D's module, whose weights ZeRO-3 holds partitioned
+                raise ValueError(f"penalties.{i}: ortho with net: d needs D's whole weights, which distributed."
+                                 f"strategy={self.distributed.strategy} partitions; use zero2 or ddp, or net: g")
             if p.kind == "path_length" and arch != "stylegan2":
                 raise ValueError(f"penalties.{i}: path_length regularizes StyleGAN2's mapping/synthesis, which "
                                  f"model.arch={arch} does not have; remove it from penalties or use "

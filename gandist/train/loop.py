@@ -351,7 +351,9 @@ class Trainer:
             sig.seconds[phase] = time.perf_counter() - t1
         if self.G_ema is not None:
             with s.gathered("G") as G_full:
-                ema_lib.update_ema(self.G_ema, G_full, cfg.train.ema.decay, self.step, cfg.train.ema.start_step)
+                decay = ema_lib.ramped_decay(cfg.train.ema.decay, cfg.train.batch_size, self.images_seen,
+                                             cfg.train.ema.rampup)
+                ema_lib.update_ema(self.G_ema, G_full, decay, self.step, cfg.train.ema.start_step)
         self.images_seen += cfg.train.batch_size * cfg.optim.d_steps
         self.step += 1
         sig.step = self.step

@@ -108,6 +108,9 @@ class CheckpointConfig(Section):
     every: int = Field(500, ge=1, description="Save every k G steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Checkpoints kept (healthy and best ones are kept too).")
     url: str | None = Field(None, description="fsspec URL for checkpoints (default: RUN_DIR/checkpoints).")
+    keep_best: int = Field(1, ge=1, description=(
+        "Checkpoints kept by evaluation rank (eval.best_metric), listed best first in best-ranked.json; "
+        "BigGAN-PyTorch keeps 5 (num_best_copies)."))
     lease_timeout_s: float = Field(120.0, gt=0, description=(
         "A run dir's lease (one writer per run dir) without a heartbeat for this long is stale and taken over; "
         "the holder refreshes it every lease_timeout_s / 4."))

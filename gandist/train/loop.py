@@ -131,7 +131,8 @@ class Trainer:
 
     def _build_checkpointer(self) -> Checkpointer:
         cfg = self.cfg
-        store = CheckpointStore(cfg.checkpoint.url or os.path.join(self.run_dir, "checkpoints"), cfg.checkpoint.keep_last)
+        store = CheckpointStore(cfg.checkpoint.url or os.path.join(self.run_dir, "checkpoints"), cfg.checkpoint.keep_last,
+                                keep_best=cfg.checkpoint.keep_best)
         info = self.info
         return Checkpointer(
             store, self.strategy, every=cfg.checkpoint.every, last_step=cfg.train.steps,
@@ -169,16 +170,20 @@ class Trainer:
             self.reporter.on_checkpoint(self.step, saved.url)
 
     def evaluate(self) -> None:
-        """Periodic evaluation when due; a new best is saved (if this step has no periodic save) and tagged."""
+        """Periodic evaluation when due; a new best, or one of the checkpoint.keep_best best, is saved (if this step
+        has no periodic save) and ranked."""
         G = self.G_ema if self.G_ema is not None else self.strategy.module("G")
         result = self.evaluator.maybe_evaluate(self.step, G, self.strategy)
         if result is None:
             return
         self.event({"event": "eval", "metrics": result})
-        if self.strategy.broadcast_object(self.evaluator.is_best(result) if self.is_main else None):
+        key = self.evaluator.rank_key(result) if self.is_main else None
+        ranked = self.is_main and (self.evaluator.is_best(result) | self.ckpt.store.ranks_among_best(key))
+        key = self.strategy.broadcast_object(key if ranked else None)
+        if key is not None:
             if not self.ckpt.due(self.step):
                 self.save_checkpoint()
-            self.best_pending = True  # tagged once this step's checkpoint exists
+            self.best_pending = key  # ranked once this step's checkpoint exists
 
     def _build_evaluator(self):
         if not self.cfg.eval.every:
@@ -467,7 +472,7 @@ class Trainer:
                 if self.ckpt.due(self.step):
                     self.save_checkpoint()
                 if self.best_pending:
-                    self.ckpt.mark_best(self.step)
+                    self.ckpt.mark_best(self.step, self.best_pending)
                     self.best_pending = False
         except KeyboardInterrupt:
             # one process: keep the work done since the last checkpoint (ranks of a group may not all be

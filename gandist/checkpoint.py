@@ -203,7 +203,9 @@ class CheckpointStore:
                 ranked = json.loads(f.read())
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return []
-        return [r for r in ranked if isinstance(r, dict) and "step" in r and "key" in r] if isinstance(ranked, list) else []
+        if not isinstance(ranked, list):
+            return []
+        return [r for r in ranked if isinstance(r, dict) and "step" in r and "key" in r]
 
     def ranks_among_best(self, key: list) -> bool:
         """Whether an evaluation ranked `key` earns its checkpoint a place among the keep_best best."""

@@ -131,8 +131,8 @@ class Trainer:
 
     def _build_checkpointer(self) -> Checkpointer:
         cfg = self.cfg
-        store = CheckpointStore(cfg.checkpoint.url or os.path.join(self.run_dir, "checkpoints"), cfg.checkpoint.keep_last,
-                                keep_best=cfg.checkpoint.keep_best)
+        store = CheckpointStore(cfg.checkpoint.url or os.path.join(self.run_dir, "checkpoints"),
+                                cfg.checkpoint.keep_last, keep_best=cfg.checkpoint.keep_best)
         info = self.info
         return Checkpointer(
             store, self.strategy, every=cfg.checkpoint.every, last_step=cfg.train.steps,

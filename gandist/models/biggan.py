@@ -231,6 +231,14 @@ class Discriminator(nn.Module):
         self.embed = embedding(num_classes, width, sn=True, eps=eps) if num_classes else None
         self.num_classes = num_classes
 
+    def freeze_blocks(self) -> list[nn.Module]:
+        """FreezeD's blocks, input side first: each residual or attention block (BigGAN-deep's input conv goes
+        with the first)."""
+        blocks = list(self.blocks)
+        if self.input_conv is not None:
+            blocks[0] = nn.ModuleList([self.input_conv, blocks[0]])
+        return blocks
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [N] for images x and labels y (projection term when conditional)."""
         h = self.input_conv(x) if self.input_conv is not None else x

@@ -64,6 +64,10 @@ class DCGANDiscriminator(nn.Module):
         self.fc = linear(width * 16, 1, sn)
         self.embed = embedding(num_classes, width * 16, sn) if num_classes else None
 
+    def freeze_blocks(self) -> list[nn.Module]:
+        """FreezeD's blocks, input side first: the input conv, then each strided conv."""
+        return list(self.features)[::2]
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x).flatten(1)
         return projection_logits(self.fc, self.embed, h, y)

@@ -77,6 +77,10 @@ class ResNetDiscriminator(nn.Module):
         self.fc = linear(ch, 1, sn)
         self.embed = embedding(num_classes, ch, sn) if num_classes else None
 
+    def freeze_blocks(self) -> list[nn.Module]:
+        """FreezeD's blocks, input side first: the down blocks."""
+        return list(self.blocks)
+
     def forward(self, x, y=None):
         h = F.relu(self.blocks(x)).sum((2, 3))
         return projection_logits(self.fc, self.embed, h, y)

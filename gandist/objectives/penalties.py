@@ -243,14 +243,18 @@ class PathLength(Penalty):
 
 
 class Ortho(Penalty):
-    """BigGAN orthogonal regularization of G: beta * sum ||W^T W * (1 - I)||_F^2 (gandist.nn.ortho)."""
+    """BigGAN orthogonal regularization of G or D (`net`): beta * sum ||W^T W * (1 - I)||_F^2 (gandist.nn.ortho)."""
 
     name = "ortho"
     net = "G"
 
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.net = getattr(cfg, "net", "g").upper()  # the loop runs a penalty in its net's phase
+
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
-        self._need(ctx, "G")
+        self._need(ctx, self.net)
         from gandist.nn.ortho import ortho_penalty  # written with the BigGAN layers; imported when used
 
-        value = ortho_penalty(ctx.G, self.weight)
+        value = ortho_penalty(ctx.G if self.net == "G" else ctx.D, self.weight)
         return value

@@ -23,6 +23,7 @@ from gandist.registry import ARCHS, resolve
 from gandist.strategies import build_strategy
 from gandist.train import ema as ema_lib
 from gandist.train import health, outputs, parts
+from gandist.train.finetune import freeze_d, init_from
 from gandist.train.lease import acquire_run_lease
 from gandist.train.lr import LearningRate
 from gandist.train.phases import build_phases, lazy_optim, run_phase
@@ -75,6 +76,8 @@ class Trainer:
         optim = {"G": lazy_optim(cfg.optim.g, self.penalties, "G"), "D": lazy_optim(cfg.optim.d, self.penalties, "D")}
         # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
         self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
+        init_from(cfg, run_dir, s, G, D, self.G_ema)  # fine-tuning: weights only, before any engine copies them
+        freeze_d(D, cfg.model.freeze_d)  # frozen before setup: every strategy builds its optimizer without them
         s.setup(G, D, optim, cfg.optim.accumulation, cfg.optim.grad_clip, cfg.train.amp)
         self.loader = self.source.loader(s.rank, s.world_size, cfg.train.batch_size, cfg.seed, cfg.optim.accumulation)
 
@@ -124,16 +127,20 @@ class Trainer:
             self.reporter.on_checkpoint(self.step, saved.url)
 
     def evaluate(self) -> None:
-        """Periodic evaluation when due; a new best is saved (if this step has no periodic save) and tagged."""
+        """Periodic evaluation when due; a new best, or one of the checkpoint.keep_best best, is saved (if this step
+        has no periodic save) and ranked."""
         G = self.G_ema if self.G_ema is not None else self.strategy.module("G")
         result = self.evaluator.maybe_evaluate(self.step, G, self.strategy)
         if result is None:
             return
         self.event({"event": "eval", "metrics": result})
-        if self.strategy.broadcast_object(self.evaluator.is_best(result) if self.is_main else None):
+        key = self.evaluator.rank_key(result) if self.is_main else None
+        ranked = self.is_main and (self.evaluator.is_best(result) | self.ckpt.store.ranks_among_best(key))
+        key = self.strategy.broadcast_object(key if ranked else None)
+        if key is not None:
             if not self.ckpt.due(self.step):
                 self.save_checkpoint()
-            self.best_pending = True  # tagged once this step's checkpoint exists
+            self.best_pending = key  # ranked once this step's checkpoint exists
 
     def event(self, record: dict) -> None:
         """An events.jsonl line (rank 0) and a telemetry event (every rank)."""
@@ -161,7 +168,9 @@ class Trainer:
                 sig.seconds[phase.name] = sig.seconds.get(phase.name, 0.0) + time.perf_counter() - t1
         if self.G_ema is not None:
             with s.gathered("G") as G_full:
-                ema_lib.update_ema(self.G_ema, G_full, cfg.train.ema.decay, self.step, cfg.train.ema.start_step)
+                decay = ema_lib.ramped_decay(cfg.train.ema.decay, cfg.train.batch_size, self.images_seen,
+                                             cfg.train.ema.rampup)
+                ema_lib.update_ema(self.G_ema, G_full, decay, self.step, cfg.train.ema.start_step)
         self.images_seen += cfg.train.batch_size * cfg.optim.d_steps
         self.step += 1
         sig.step = self.step
@@ -211,7 +220,7 @@ class Trainer:
                 if self.ckpt.due(self.step):
                     self.save_checkpoint()
                 if self.best_pending:
-                    self.ckpt.mark_best(self.step)
+                    self.ckpt.mark_best(self.step, self.best_pending)
                     self.best_pending = False
         except KeyboardInterrupt:
             # one process: keep the work done since the last checkpoint (ranks of a group may not all be

@@ -45,7 +45,8 @@ def build_evaluator(cfg, run_dir: str):
 def build_checkpointer(tr) -> Checkpointer:
     """The checkpointer of trainer `tr`, handed the run's stateful parts (the trainer's own: its loop counters)."""
     cfg, info = tr.cfg, tr.info
-    store = CheckpointStore(cfg.checkpoint.url or os.path.join(tr.run_dir, "checkpoints"), cfg.checkpoint.keep_last)
+    store = CheckpointStore(cfg.checkpoint.url or os.path.join(tr.run_dir, "checkpoints"), cfg.checkpoint.keep_last,
+                            keep_best=cfg.checkpoint.keep_best)
     return Checkpointer(
         store, tr.strategy, every=cfg.checkpoint.every, last_step=cfg.train.steps,
         shared={"G_ema": Part(tr.G_ema), "loop": Part(tr, kept_on_rollback=("rollbacks",)),

@@ -46,6 +46,7 @@ class Penalty:
     name: str = "penalty"
     net: str = "D"
     double_backward: bool = False  # its loss holds a gradient (autograd.grad, create_graph): ZeRO-3 refuses it
+    reaches_every_param: bool = True  # its loss has a gradient path to every parameter of its net
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -243,6 +244,7 @@ class Ortho(Penalty):
 
     name = "ortho"
     net = "G"
+    reaches_every_param = False  # weight matrices only: biases and gains get no gradient from it
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "G")

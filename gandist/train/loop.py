@@ -243,7 +243,7 @@ class Trainer:
                         fake = s.net("G")(z, y_fake)
                     real_logits = self.d_forward(x, y, rand)
                     fake_logits = self.d_forward(fake, y_fake, rand)
-                    loss = losses.d_loss(self.cfg.loss, real_logits.float(), fake_logits.float())
+                    loss = losses.d_loss(self.cfg.loss, real_logits.float(), fake_logits.float(), s.batch_mean)
                 ctx = self.penalty_context(rand, D=s.module("D"), real=x, real_y=y, fake=fake.detach(), fake_y=y_fake)
                 for p in main:
                     term = p.loss(ctx) * (self.r1_factor if p.name == "r1" else 1.0)
@@ -294,7 +294,7 @@ class Trainer:
                     real_logits = None
                     if losses.needs_real_in_g_phase(self.cfg.loss):
                         real_logits = self.d_forward(self._micro(real, i), self._micro(real_y, i), rand).float()
-                    loss = losses.g_loss(self.cfg.loss, fake_logits.float(), real_logits)
+                    loss = losses.g_loss(self.cfg.loss, fake_logits.float(), real_logits, s.batch_mean)
                 if main:
                     with s.gathered("G") as G_full:
                         ctx = self.penalty_context(rand, g_forward=s.net("G"), G=G_full, D=s.module("D"), z=z, y=y)

@@ -87,7 +87,7 @@ def d_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
             fake = s.net("G")(m.z, m.y)
         real_logits = d_forward(tr, m.real, m.real_y, m.rand)
         fake_logits = d_forward(tr, fake, m.y, m.rand)
-        loss = losses.d_loss(tr.cfg.loss, real_logits.float(), fake_logits.float())
+        loss = losses.d_loss(tr.cfg.loss, real_logits.float(), fake_logits.float(), s.batch_mean)
     sig.d_real, sig.d_fake = float(real_logits.detach().mean()), float(fake_logits.detach().mean())
     return loss, {"D": s.module("D"), "real": m.real, "real_y": m.real_y, "fake": fake.detach(), "fake_y": m.y}
 
@@ -101,7 +101,7 @@ def g_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
         real_logits = None
         if losses.needs_real_in_g_phase(tr.cfg.loss):
             real_logits = d_forward(tr, m.real, m.real_y, m.rand).float()
-        loss = losses.g_loss(tr.cfg.loss, fake_logits.float(), real_logits)
+        loss = losses.g_loss(tr.cfg.loss, fake_logits.float(), real_logits, s.batch_mean)
     return loss, {"g_forward": s.net("G"), "D": s.module("D"), "z": m.z, "y": m.y}
 
 

@@ -42,11 +42,14 @@ def check_precision(amp: str, device: torch.device) -> None:
 
 @dataclass
 class StepStats:
-    """What one optimizer step saw, before clipping: the watchdog and telemetry read it."""
+    """What one optimizer step saw, before clipping: the watchdog and telemetry read it.
 
-    grad_norm: float = 0.0
-    layer_grad_norms: dict[str, float] = field(default_factory=dict)
-    nonfinite: int = 0  # count of non-finite gradient elements
+    Values may be 0-d device tensors: Signals.resolve() moves them to the host with the rest of the step's signals.
+    """
+
+    grad_norm: float | torch.Tensor = 0.0
+    layer_grad_norms: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    nonfinite: int | torch.Tensor = 0  # count of non-finite gradient elements
 
 
 @dataclass
@@ -329,18 +332,18 @@ def zero_fill_missing_grads(params) -> None:
             p.grad = torch.zeros_like(p)
 
 
-def layer_grad_norms(module: nn.Module) -> tuple[float, dict[str, float], int]:
-    """(total norm, per-parameter norms, non-finite count) of a module's current gradients."""
-    norms: dict[str, float] = {}
-    total = 0.0
-    nonfinite = 0
-    for name, p in module.named_parameters():
-        if p.grad is None:
-            continue
-        g = p.grad.detach().float()
-        bad = int((~torch.isfinite(g)).sum())
-        nonfinite += bad
-        n = float(g.norm()) if not bad else float("nan")
-        norms[name] = n
-        total += n * n
-    return total ** 0.5, norms, nonfinite
+def layer_grad_norms(module: nn.Module) -> tuple[torch.Tensor | float, dict[str, torch.Tensor], torch.Tensor | int]:
+    """(total norm, per-parameter norms, non-finite count) of a module's current gradients, as device tensors.
+
+    A parameter with a non-finite gradient element reports NaN. Fused: one `_foreach_norm` for the norms and one for
+    the count (x * 0 is 0 for a finite x and NaN otherwise; the 0-norm counts the non-zeros), and no host sync.
+    """
+    named = [(name, p.grad.detach().float()) for name, p in module.named_parameters() if p.grad is not None]
+    if not named:
+        return 0.0, {}, 0
+    names, grads = zip(*named)
+    norms = torch.stack(torch._foreach_norm(list(grads)))
+    bad = torch.stack(torch._foreach_norm(torch._foreach_mul(list(grads), 0.0), 0))
+    norms = torch.where(bad > 0, torch.full_like(norms, float("nan")), norms)
+    total = norms.double().square().sum().sqrt()
+    return total, dict(zip(names, norms.unbind())), bad.sum().long()

@@ -229,24 +229,27 @@ class ZeroStrategy(DistributedBase, Strategy):
         """Per-parameter norms of the reduced gradient, from each rank's partition plus one all-reduce."""
         names = [n for n, p in self.module(name).named_parameters() if p.requires_grad]
         params = dict(self.module(name).named_parameters())
-        sums = torch.zeros(2 * len(names), dtype=torch.float64)
-        for i, n in enumerate(names):
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        squares, bad = [], []
+        for n in names:  # on the device: no host sync per parameter, one all-reduce for the net
             local = self._local_grad(params[n])
             if local is not None and local.numel():
                 local = local.detach().float()
                 finite = torch.isfinite(local)
-                sums[2 * i] = float(torch.where(finite, local, 0).pow(2).sum())
-                sums[2 * i + 1] = float((~finite).sum())
-        sums = sums.to(self.device)
+                squares.append(torch.where(finite, local, 0).pow(2).sum().double().to(self.device))
+                bad.append((~finite).sum().double().to(self.device))
+            else:
+                squares.append(zero)
+                bad.append(zero)
+        if not names:
+            return StepStats()
+        sums = torch.stack([torch.stack(squares), torch.stack(bad)])
         self.all_reduce(sums)
-        sums = sums.cpu()
-        norms: dict[str, float] = {}
-        nonfinite = 0
-        for i, n in enumerate(names):
-            bad = int(sums[2 * i + 1])
-            nonfinite += bad
-            norms[n] = float("nan") if bad else float(sums[2 * i]) ** 0.5  # no loss scaling: fp16 is refused
-        total = sum(v * v for v in norms.values()) ** 0.5
+        # no loss scaling: fp16 is refused
+        layer = torch.where(sums[1] > 0, torch.full_like(sums[0], float("nan")), sums[0].sqrt())
+        norms = dict(zip(names, layer.unbind()))
+        nonfinite = sums[1].sum().long()
+        total = layer.square().sum().sqrt()
         return StepStats(grad_norm=total, layer_grad_norms=norms, nonfinite=nonfinite)
 
     def _local_grad(self, p: nn.Parameter) -> torch.Tensor | None:

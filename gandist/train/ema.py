@@ -39,6 +39,8 @@ def update_ema(ema: nn.Module, G: nn.Module, decay: float, step: int, start_step
 @torch.no_grad()
 def relative_distance(ema: nn.Module, G: nn.Module) -> float:
     """||EMA - G|| / ||G|| over all parameters (how far the average lags)."""
-    diff = sum(float((a - b).float().pow(2).sum()) for a, b in zip(ema.parameters(), G.parameters()))
-    norm = sum(float(b.float().pow(2).sum()) for b in G.parameters())
+    # one host sync for the whole net (two per parameter drained a GPU's queue a hundred times per log step)
+    diff = torch.stack([(a - b).double().pow(2).sum() for a, b in zip(ema.parameters(), G.parameters())]).sum()
+    norm = torch.stack([b.double().pow(2).sum() for b in G.parameters()]).sum()
+    diff, norm = torch.stack([diff, norm]).tolist()
     return (diff / max(norm, 1e-12)) ** 0.5

@@ -28,7 +28,7 @@ from gandist.train.lease import acquire_run_lease
 from gandist.train.lr import LearningRate
 from gandist.train.phases import build_phases, lazy_optim, run_phase
 from gandist.train.rundir import JsonlWriter, check_run_dir, write_run_config
-from gandist.train.signals import Signals
+from gandist.train.signals import Signals, nonfinite_count
 
 log = logging.getLogger("gandist.train")
 
@@ -177,7 +177,7 @@ class Trainer:
         sig.images_seen = self.images_seen
         sig.skipped_samples = getattr(self.loader, "skipped_samples", 0)
         sig.lr = self.lr.current()
-        sig.nonfinite += sum(1 for v in sig.losses.values() if v != v or v in (float("inf"), float("-inf")))
+        sig.nonfinite = sig.nonfinite + nonfinite_count(list(sig.losses.values()))
         return sig
 
     def check_health(self, sig: Signals) -> None:

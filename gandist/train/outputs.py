@@ -14,6 +14,7 @@ log = logging.getLogger("gandist.train")
 def publish(tr, sig, wall: float) -> None:
     """Throughput and EMA distance into the signals, then every sink, the reporter and metrics.jsonl."""
     cfg = tr.cfg
+    sig.resolve()  # a no-op after the watchdog's observe, which resolves the step's signals with its sigmas
     sig.img_per_sec = cfg.train.batch_size * cfg.optim.d_steps / max(wall, 1e-9)
     if tr.G_ema is not None and tr.step % cfg.telemetry.log_every == 0 and sig.ema_distance is None:
         with tr.strategy.gathered("G") as G_full:  # every rank calls publish: a collective is safe here

@@ -88,7 +88,7 @@ def d_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
         real_logits = d_forward(tr, m.real, m.real_y, m.rand)
         fake_logits = d_forward(tr, fake, m.y, m.rand)
         loss = losses.d_loss(tr.cfg.loss, real_logits.float(), fake_logits.float(), s.batch_mean)
-    sig.d_real, sig.d_fake = float(real_logits.detach().mean()), float(fake_logits.detach().mean())
+    sig.d_real, sig.d_fake = real_logits.detach().mean(), fake_logits.detach().mean()  # device tensors
     return loss, {"D": s.module("D"), "real": m.real, "real_y": m.real_y, "fake": fake.detach(), "fake_y": m.y}
 
 
@@ -138,7 +138,7 @@ class Phase:
         for p in due:
             k = 1 if self.main else p.every
             term = p.loss(ctx) * k * p.weight_scale
-            sig.losses[f"{self.net}/{p.name}"] = float(term.detach()) / k
+            sig.losses[f"{self.net}/{p.name}"] = term.detach().double() / k
             loss = loss + term
         return loss
 
@@ -179,7 +179,7 @@ def run_phase(tr, phase: Phase, tag: str, real, real_y, sig) -> None:
                         loss = phase.add_penalties(loss, ctx, due, sig)
                 s.backward(loss, phase.net, last_micro=i == n - 1)
             if phase.main:
-                sig.losses[phase.net] = float(loss.detach())
+                sig.losses[phase.net] = loss.detach()
     stats = s.step(phase.net)
     if phase.main:
         sig.grad_norm[phase.net] = stats.grad_norm

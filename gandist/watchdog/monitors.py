@@ -3,11 +3,9 @@
 Spectrally normalized layers already run a power iteration in every training forward and keep the result in their
 `sigma` buffer, so reading it costs nothing. Other weight layers get one power-iteration step every `sigma_every`
 steps, keeping their vectors between calls (after a few calls the estimate is as good as SN's, at the price of one
-mat-vec per layer per check).
+mat-vec per layer per check). Values are 0-d device tensors: the loop's Signals.resolve() reads them all at once.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -26,13 +24,13 @@ def weight_layers(module: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def top_singular_value(weight: torch.Tensor, u: torch.Tensor, iterations: int = 1) -> tuple[float, torch.Tensor]:
+def top_singular_value(weight: torch.Tensor, u: torch.Tensor, iterations: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Power-iteration estimate of the largest singular value of weight as [out, -1], and the updated left vector."""
     w = weight.detach().reshape(weight.shape[0], -1).float()
     for _ in range(iterations):
         v = F.normalize(w.t() @ u, dim=0, eps=1e-12)
         u = F.normalize(w @ v, dim=0, eps=1e-12)
-    return float(torch.dot(u, w @ v)), u
+    return torch.dot(u, w @ v), u
 
 
 class SigmaMonitor:
@@ -41,14 +39,14 @@ class SigmaMonitor:
     def __init__(self, every: int) -> None:
         self.every = every
         self._u: dict[str, torch.Tensor] = {}  # power-iteration vectors of plain layers, kept between checks
-        self._last: dict[str, float] = {}  # last measurement of plain layers, reported between checks
+        self._last: dict[str, torch.Tensor] = {}  # last measurement of plain layers, reported between checks
 
-    def measure(self, prefix: str, module: nn.Module, step: int) -> dict[str, float]:
-        """{'<prefix>/<layer>': sigma} for every weight layer of `module`."""
-        out: dict[str, float] = {}
+    def measure(self, prefix: str, module: nn.Module, step: int) -> dict[str, torch.Tensor]:
+        """{'<prefix>/<layer>': sigma} for every weight layer of `module`, as 0-d tensors on its device."""
+        out: dict[str, torch.Tensor] = {}
         sn = spectral_norm_layers(module)
         for name, layer in sn.items():
-            out[f"{prefix}/{name}"] = float(layer.sigma)
+            out[f"{prefix}/{name}"] = layer.sigma.detach().clone()  # the buffer changes in the next forward
         check = step % self.every == 0
         for name, layer in weight_layers(module).items():
             if name in sn:
@@ -59,7 +57,7 @@ class SigmaMonitor:
             out[key] = self._last[key]
         return out
 
-    def _power_step(self, key: str, weight: torch.Tensor) -> float:
+    def _power_step(self, key: str, weight: torch.Tensor) -> torch.Tensor:
         rows = weight.shape[0]
         u = self._u.get(key)
         if u is None or u.shape[0] != rows or u.device != weight.device:
@@ -77,8 +75,8 @@ class SigmaMonitor:
         self._last.clear()
 
 
-def ema_distance(G: nn.Module, G_ema: nn.Module) -> float | None:
-    """||EMA - G|| / ||G|| over parameters both hold with the same shape; None when none match."""
+def ema_distance(G: nn.Module, G_ema: nn.Module) -> torch.Tensor | None:
+    """||EMA - G|| / ||G|| (a 0-d tensor) over parameters both hold with the same shape; None when none match."""
     ema_params = dict(G_ema.named_parameters())
     diffs, norms = [], []
     with torch.no_grad():
@@ -90,6 +88,6 @@ def ema_distance(G: nn.Module, G_ema: nn.Module) -> float | None:
             norms.append(p.detach().float().pow(2).sum())
         if not diffs:
             return None
-        # one device sync for the whole net, not one per parameter
-        diff_sq, norm_sq = torch.stack([torch.stack(diffs).sum(), torch.stack(norms).sum()]).tolist()
-    return math.sqrt(diff_sq) / max(math.sqrt(norm_sq), 1e-12)
+        # on the device: read with the rest of the step's signals, not one sync per parameter
+        diff_sq, norm_sq = torch.stack(diffs).sum().double(), torch.stack(norms).sum().double()
+    return diff_sq.sqrt() / norm_sq.sqrt().clamp_min(1e-12)

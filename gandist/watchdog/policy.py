@@ -52,7 +52,7 @@ class Watchdog:
         self.bad_steps: list[int] = []  # steps whose agreed verdict was not ok (since observed_from)
         self.observed_from: int | None = None  # first step observed in this stretch of history
         self._finding: Finding | None = None  # this rank's latest finding, for resolve's reason
-        self._ema_distance: float | None = None
+        self._ema_distance: float | torch.Tensor | None = None
 
     # -- fault injection ------------------------------------------------------------------------------------------
     def before_step(self, step: int, strategy, lr) -> None:
@@ -87,6 +87,9 @@ class Watchdog:
         if G_ema is not None and (step % self.cfg.ema_every == 0 or self._ema_distance is None):
             self._ema_distance = ema_distance(G, G_ema)
         signals.ema_distance = self._ema_distance
+        signals.resolve()  # the step's one device-to-host copy: losses, norms, sigmas, EMA distance together
+        if torch.is_tensor(self._ema_distance):  # kept between measurements as the number it was
+            self._ema_distance = signals.ema_distance
         self._finding = run_detectors(self.detectors, step, flatten(signals), self.cfg.warmup)
         return OK if self._finding is None else self._finding.verdict
 

@@ -1,6 +1,6 @@
 """Host syncs per training step stay a small constant (issue 14): signals reach the host in one transfer.
 
-Counted on CPU by patching torch.Tensor's conversion methods (tests/host_syncs.py) over whole `run()`s of the shipped
+Counted on CPU by patching torch.Tensor's conversion methods (tests/synckit.py) over whole `run()`s of the shipped
 configs with the watchdog on and telemetry at its defaults. Before the fix: 52 (demo DCGAN), 189 (tiny BigGAN), 141
 (tiny StyleGAN2, 279 on its lazy-regularization steps) per step; now 2 (the signals' .tolist() and the verdict).
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distributed_testutil import spawn
-from host_syncs import count_run_syncs
+from distkit import spawn
+from synckit import count_run_syncs
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = ["demo_digits", "biggan_tiny_digits", "stylegan2_tiny_digits"]

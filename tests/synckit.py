@@ -61,15 +61,15 @@ def counting_syncs():
 def count_run_syncs(trainer) -> SyncCounter:
     """Run `trainer` to its train.steps counting syncs per loop iteration (startup not counted)."""
     with counting_syncs() as counter:
-        apply = trainer.apply_lr_decay
+        train_step = trainer.train_step
 
-        def start_iteration():  # the loop's first call of each iteration
+        def counted_step():  # an iteration runs from one train_step to the next (health check and outputs too)
             counter.iteration += 1
-            apply()
+            return train_step()
 
-        trainer.apply_lr_decay = start_iteration
+        trainer.train_step = counted_step
         try:
             trainer.run()
         finally:
-            trainer.apply_lr_decay = apply
+            del trainer.train_step
     return counter

@@ -15,6 +15,7 @@ import torch
 
 from gandist.errors import UserError
 from gandist.eval.config import min_samples
+from gandist.eval.density_coverage import density_coverage
 from gandist.eval.fid import FeatureStats, frechet_distance
 from gandist.eval.inception_score import InceptionScoreStats
 from gandist.eval.kid import kernel_inception_distance
@@ -186,6 +187,8 @@ class Evaluator:
                 real_feats, fake_feats, self.ecfg.kid_subsets, self.ecfg.kid_subset_size, self.ecfg.seed)
         if "pr" in self.metrics:
             out["precision"], out["recall"] = precision_recall(real_feats, fake_feats, self.ecfg.pr_k)
+            # same real k-NN radii as precision (eval.pr_k), so the four numbers describe one manifold estimate
+            out["density"], out["coverage"] = density_coverage(real_feats, fake_feats, self.ecfg.pr_k)
         if is_stats is not None:
             out["is"], out["is_std"] = is_stats.score()
         return out

@@ -17,7 +17,8 @@ from gandist.eval.features import InceptionV3FID, load_inception, sha256_of
 
 pytestmark = pytest.mark.slow  # ~70 s on 2 shared cores: seven full InceptionV3 passes
 
-pytest.importorskip("pytorch_fid", reason="pytorch-fid is part of the test extra: pip install --no-deps pytorch-fid==0.3.0")
+# pytorch-fid is in the test extra; without it the parity tests skip, saying how to install it
+pytest.importorskip("pytorch_fid", reason="pip install --no-deps pytorch-fid==0.3.0")
 
 _SHIM = Path(__file__).with_name("vendor") / "pytorch_fid_shim.py"
 # Float32 through ~100 layers, two implementations that may order sums differently: both compare at this bound.

@@ -80,7 +80,8 @@ class Evaluator:
         if self._feature_net is None:
             from gandist.eval.features import load_feature_net
 
-            self._feature_net = load_feature_net(self.features, self.features_path, self.ecfg.features_sha256)
+            self._feature_net = load_feature_net(self.features, self.features_path, self.ecfg.features_sha256,
+                                                 self.ecfg.resize)
         return self._feature_net.to(device)
 
     def _needs_features(self) -> bool:
@@ -164,6 +165,8 @@ class Evaluator:
             if modes is not None:
                 modes.update(x if self.kind == "toy2d" else net.classify_channels(x).float(), j * bs)
         out: dict = {"num": n, "features": self.features if use_features else None}
+        if use_features:  # which published convention the number follows; digits always resizes its own way
+            out["resize"] = self.ecfg.resize if self.features == "inception" else "digits_native"
         if modes is not None:
             out.update(self._mode_metrics(modes.gather(strategy)))
         if use_features:

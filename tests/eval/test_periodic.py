@@ -94,6 +94,7 @@ def test_real_data_as_generator_scores_near_zero_fid(digits_cache):
     good = evaluator.evaluate(DataG())
     bad = evaluator.evaluate(TinyImageG())
     assert good["fid"] < 0.1 * bad["fid"]
+    assert good["resize"] == "digits_native"  # every feature result names how images were resized
     assert good["precision"] > 0.9 and good["recall"] > 0.9
     # Naeem et al.: density ~1 and coverage near 1 - (1/2)^k when fakes are real draws; a random G covers little
     assert 0.7 < good["density"] < 1.3 and good["coverage"] > 0.8

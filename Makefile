@@ -11,6 +11,7 @@ $(BIN)/gandist: pyproject.toml
 	# Pin torch first: any looser spec may pull a multi-GB CUDA build on a CPU machine.
 	$(BIN)/pip install --disable-pip-version-check -q "torch==2.13.0"
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[test]"
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps "pytorch-fid==0.3.0"  # pyproject's parity extra
 	touch $(BIN)/gandist
 
 install: $(BIN)/gandist

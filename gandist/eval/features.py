@@ -7,7 +7,8 @@ InceptionV3: the TensorFlow FID graph (inception-2015-12-05) as ported by pytorc
 gandist never downloads it: the user gives a path or fsspec URL. The FID variant differs from torchvision's
 InceptionV3 in four places, reproduced here: average pools in Mixed_5*/6*/7b ignore padded zeros
 (count_include_pad=False, as TensorFlow does), Mixed_7c pools with max instead of average, there are 1008 classes,
-and BN eps is 1e-3. Inputs are resized bilinearly to 299x299 (align_corners=False, as pytorch-fid).
+and BN eps is 1e-3. Inputs are quantized to uint8 and resized to 299x299 by gandist.eval.resize (default: torch
+bilinear, align_corners=False, as pytorch-fid).
 
 Digits: a small CNN trained deterministically on scikit-learn's 8x8 digits (`gandist features digits`), so
 evaluation works offline and in tests. Its 128-d penultimate layer gives features, its 10 logits classify digits.
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gandist.errors import UserError
+from gandist.eval.resize import resize_for_features
 from gandist.fileio import atomic_write_bytes
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -149,8 +151,9 @@ class InceptionV3FID(nn.Module):
     num_classes = 1008
     name = "inception"
 
-    def __init__(self):
+    def __init__(self, resize: str = "pytorch_fid"):
         super().__init__()
+        self.resize = resize  # gandist.eval.resize mode: how inputs are quantized and brought to 299 px
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
@@ -169,9 +172,7 @@ class InceptionV3FID(nn.Module):
         x = images.float()
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        # pytorch-fid: bilinear resize of [0, 1] images to 299, then 2x-1; resizing is affine-equivariant, so
-        # resizing the [-1, 1] image directly is the same computation.
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        x = resize_for_features(x, 299, self.resize)  # uint8 quantization, then the chosen reference's resize
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = F.max_pool2d(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)), 3, stride=2)
@@ -186,7 +187,7 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_inception(url: str, sha256: str | None = None) -> InceptionV3FID:
+def load_inception(url: str, sha256: str | None = None, resize: str = "pytorch_fid") -> InceptionV3FID:
     """InceptionV3-FID with weights from a path or fsspec URL; checks the sha256 (full if given, else the prefix)."""
     import io
 
@@ -206,7 +207,7 @@ def load_inception(url: str, sha256: str | None = None) -> InceptionV3FID:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a weights file"
         raise UserError(f"{url}: not a torch weights file ({type(err).__name__}); give {INCEPTION_FILE}") from None
-    net = InceptionV3FID()
+    net = InceptionV3FID(resize)
     check_state_matches(net, state, url)
     net.load_state_dict(state, strict=False)
     return net.eval().requires_grad_(False)
@@ -351,7 +352,8 @@ def load_digits_net(path: str | Path | None = None, train_if_missing: bool = Tru
     return net.eval().requires_grad_(False)
 
 
-def load_feature_net(kind: str, path: str | None = None, sha256: str | None = None) -> nn.Module:
+def load_feature_net(kind: str, path: str | None = None, sha256: str | None = None,
+                     resize: str = "pytorch_fid") -> nn.Module:
     """The feature network `kind` (digits | inception); inception needs `path` (a local path or fsspec URL)."""
     if kind == "digits":
         return load_digits_net(path)
@@ -359,7 +361,7 @@ def load_feature_net(kind: str, path: str | None = None, sha256: str | None = No
         if not path:
             raise UserError(f"inception features need the weights file: pass --features-path (or eval.features_path) "
                             f"pointing at {INCEPTION_FILE}; nothing is downloaded")
-        return load_inception(path, sha256)
+        return load_inception(path, sha256, resize)
     raise UserError(f"unknown feature network {kind!r}; use digits or inception")
 
 

@@ -15,6 +15,7 @@ import torch
 
 from gandist.errors import UserError
 from gandist.eval.config import min_samples
+from gandist.eval.density_coverage import density_coverage
 from gandist.eval.fid import FeatureStats, frechet_distance
 from gandist.eval.inception_score import InceptionScoreStats
 from gandist.eval.kid import kernel_inception_distance
@@ -79,7 +80,8 @@ class Evaluator:
         if self._feature_net is None:
             from gandist.eval.features import load_feature_net
 
-            self._feature_net = load_feature_net(self.features, self.features_path, self.ecfg.features_sha256)
+            self._feature_net = load_feature_net(self.features, self.features_path, self.ecfg.features_sha256,
+                                                 self.ecfg.resize)
         return self._feature_net.to(device)
 
     def _needs_features(self) -> bool:
@@ -163,6 +165,8 @@ class Evaluator:
             if modes is not None:
                 modes.update(x if self.kind == "toy2d" else net.classify_channels(x).float(), j * bs)
         out: dict = {"num": n, "features": self.features if use_features else None}
+        if use_features:  # which published convention the number follows; digits always resizes its own way
+            out["resize"] = self.ecfg.resize if self.features == "inception" else "digits_native"
         if modes is not None:
             out.update(self._mode_metrics(modes.gather(strategy)))
         if use_features:
@@ -186,6 +190,8 @@ class Evaluator:
                 real_feats, fake_feats, self.ecfg.kid_subsets, self.ecfg.kid_subset_size, self.ecfg.seed)
         if "pr" in self.metrics:
             out["precision"], out["recall"] = precision_recall(real_feats, fake_feats, self.ecfg.pr_k)
+            # same real k-NN radii as precision (eval.pr_k), so the four numbers describe one manifold estimate
+            out["density"], out["coverage"] = density_coverage(real_feats, fake_feats, self.ecfg.pr_k)
         if is_stats is not None:
             out["is"], out["is_std"] = is_stats.score()
         return out

@@ -71,7 +71,7 @@ def test_metrics_on_two_gloo_ranks_equal_single_process(digits_cache, tmp_path):
     # a random G is far from the data and covers few of the 1000 modes (100 here, under 100 in earlier CI runs:
     # the digits classifier's training rounds differently across machines); the equalities below are the test
     assert single["fid"] > 10 and single["modes"] < 300
-    for key in ("fid", "kid", "is", "precision", "recall", "modes", "reverse_kl"):
+    for key in ("fid", "kid", "is", "precision", "recall", "density", "coverage", "modes", "reverse_kl"):
         assert ranks[0][key] == pytest.approx(single[key], rel=1e-6, abs=1e-9), key
         assert ranks[1][key] == ranks[0][key], key
 
@@ -94,7 +94,13 @@ def test_real_data_as_generator_scores_near_zero_fid(digits_cache):
     good = evaluator.evaluate(DataG())
     bad = evaluator.evaluate(TinyImageG())
     assert good["fid"] < 0.1 * bad["fid"]
+    assert good["resize"] == "digits_native"  # every feature result names how images were resized
     assert good["precision"] > 0.9 and good["recall"] > 0.9
+    # Naeem et al.: density ~1 and coverage near 1 - (1/2)^k when fakes are real draws; a random G covers little
+    assert 0.7 < good["density"] < 1.3 and good["coverage"] > 0.8
+    assert bad["coverage"] < 0.5 * good["coverage"]
+    print(f"data-as-G: density {good['density']:.3f} coverage {good['coverage']:.3f}; "
+          f"random G: density {bad['density']:.3f} coverage {bad['coverage']:.3f}")
     assert good["modes"] > 550  # 1000 samples over 1000 near-uniform modes: ~1000 (1 - 1/e) = 632 expected
 
 

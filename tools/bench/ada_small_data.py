@@ -1,7 +1,7 @@
 """ADA on small data: the demo DCGAN on the first 200 digits, with and without augment.ada; FID over time against
 all 1797 digits (digits features) and ADA's r_t / p from metrics.jsonl.
 
-    .venv/bin/python tools/bench/ada_small_data.py [--steps 800] [--every 200] [--out /tmp/ada_bench]
+    .venv/bin/python tools/bench/ada_small_data.py [--steps 300] [--every 100] [--out /tmp/ada_bench]
 
 Both runs train in parallel (one process each); checkpoints every --every steps are evaluated afterwards with the
 full data set as the reference, so the FID measures how well G learned digits, not how well it copied the 200.
@@ -22,13 +22,13 @@ from gandist.api import load_run  # noqa: E402
 from gandist.config import load_config  # noqa: E402
 from gandist.eval.periodic import Evaluator  # noqa: E402
 
-ADA = "{target: 0.6, interval: 4, kimg: 10}"
+ADA = "{target: 0.6, interval: 4, kimg: 4}"  # p can go 0 -> 1 in 125 steps of 32: the runs are short
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--every", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--out", default="/tmp/ada_bench")
     args = ap.parse_args()
     common = ["train.batch_size=32", "model.ch=16", "data.limit=200", f"train.steps={args.steps}",

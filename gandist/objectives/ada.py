@@ -186,8 +186,9 @@ class AdaController:
     """p and its controller: r_t = E[sign D(real)] over the global batch moves p every `interval` steps.
 
     observe() accumulates this rank's sign sum and count; end_step() all-reduces them (so every rank holds the
-    same totals and the same p) and, every `interval` steps, moves p by sign(r_t - target) x batch x interval /
-    (kimg x 1000), clamped to [0, 1]. With target None p stays fixed. The whole state is in state_dict().
+    same totals and the same p) and, every `interval` steps, measures r_t and moves p by sign(r_t - target) x
+    batch x interval / (kimg x 1000), clamped to [0, 1]. With target None p stays fixed (r_t is still measured).
+    The whole state is in state_dict().
     """
 
     def __init__(self, cfg, batch_size: int):
@@ -208,9 +209,6 @@ class AdaController:
 
     def end_step(self, all_reduce_sum) -> None:
         """After each G step: add the ranks' totals, and adjust p every `interval` steps."""
-        if self.cfg.target is None:
-            self._local.zero_()
-            return
         total = all_reduce_sum(self._local.clone())
         self._local.zero_()
         self.sign_sum += float(total[0])
@@ -219,9 +217,11 @@ class AdaController:
         if self.steps % self.cfg.interval or self.count == 0:
             return
         self.rt = self.sign_sum / self.count
+        self.sign_sum, self.count = 0.0, 0.0
+        if self.cfg.target is None:  # a fixed p: r_t is still measured (a baseline's overfitting curve)
+            return
         adjust = math.copysign(1.0, self.rt - self.cfg.target) if self.rt != self.cfg.target else 0.0
         self.p = min(1.0, max(0.0, self.p + adjust * self.batch_size * self.cfg.interval / (self.cfg.kimg * 1000)))
-        self.sign_sum, self.count = 0.0, 0.0
 
     def state_dict(self) -> dict:
         return {"p": self.p, "rt": self.rt, "sign_sum": self.sign_sum, "count": self.count, "steps": self.steps}

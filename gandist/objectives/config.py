@@ -34,7 +34,9 @@ class LossConfig(Section):
     )
     relativistic_base: Literal["ns", "hinge", "ls"] = Field("ns", description="Base loss of the relativistic average GAN.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="One-sided label smoothing of D's real targets (ns only).")
-    topk: TopKConfig | None = Field(None, description="Top-k training (Sinha et al. 2020): G's loss over the best-rated fakes.")
+    topk: TopKConfig | None = Field(
+        None, description="Top-k training (Sinha et al. 2020): G's loss over the best-rated fakes (null: off)."
+    )
 
 
 class _PenaltyBase(Section):
@@ -144,7 +146,7 @@ class InstanceNoiseConfig(Section):
 class AdaConfig(Section):
     """Adaptive discriminator augmentation (Karras et al. 2020): p from the sign of D on real images."""
 
-    p: float = Field(0.0, ge=0, le=1, description="Initial augmentation probability (the fixed one when target is null).")
+    p: float = Field(0.0, ge=0, le=1, description="Initial augmentation probability (fixed when target is null).")
     target: float | None = Field(0.6, gt=-1, lt=1, description="Target of r_t = E[sign D(real)]; null: p stays fixed.")
     interval: int = Field(4, ge=1, description="Steps between adjustments of p.")
     kimg: float = Field(500.0, gt=0, description="Thousands of images over which p can move from 0 to 1.")

@@ -194,7 +194,8 @@ class BalancedConsistency(Penalty):
         super().__init__(cfg)
         self.name = cfg.kind
         self.weight_real = self.weight if cfg.weight_real is None else float(cfg.weight_real)
-        self.weight_fake = 0.0 if cfg.kind == "cr" else self.weight if cfg.weight_fake is None else float(cfg.weight_fake)
+        fake = self.weight if cfg.weight_fake is None else float(cfg.weight_fake)
+        self.weight_fake = 0.0 if cfg.kind == "cr" else fake
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real", "rand")

@@ -72,9 +72,10 @@ def test_the_controller_raises_p_when_d_overfits_and_lowers_it_when_not():
 
 def test_a_fixed_p_never_moves_and_p_stays_in_0_1():
     fixed = _controller(target=None, p=0.3)
-    fixed.observe(torch.ones(16))
-    fixed.end_step(lambda t: t)
-    assert fixed.p == 0.3
+    for _ in range(2):
+        fixed.observe(torch.ones(16))
+        fixed.end_step(lambda t: t)
+    assert fixed.p == 0.3 and fixed.rt == 1.0  # r_t is measured all the same
     fast = _controller(kimg=0.001)
     for _ in range(4):
         fast.observe(torch.ones(16))

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 BASE = ["model.arch=dcgan", "model.ch=8", "model.z_dim=16", "data.kind=digits", "data.resolution=8",
         "train.batch_size=16", "telemetry.progress=false", "telemetry.sample_every=0", "telemetry.log_every=1",
         "train.ema.decay=0.9", "train.ema.start_step=1"]
-EVERYTHING = ["augment.ada={target: -0.9, interval: 2, kimg: 0.2}", "loss.topk={gamma: 0.5, min_fraction: 0.25, kimg: 0.02}",
+EVERYTHING = ["augment.ada={target: -0.9, interval: 2, kimg: 0.2}",
+              "loss.topk={gamma: 0.5, min_fraction: 0.25, kimg: 0.02}",
               "penalties=[{kind: lecam, weight: 0.5}, {kind: zcr, weight: 1.0, g_weight: 0.1}, "
               "{kind: bcr, weight_real: 1.0, weight_fake: 0.5}, {kind: r1, weight: 1.0, every: 2}]"]
 
@@ -84,8 +85,8 @@ def _train(overrides: list[str], run_dir, nproc: int) -> None:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master-addr",
                 "127.0.0.1", "--master-port", str(_free_port())] if nproc > 1 else [sys.executable]
     sets = [arg for o in overrides for arg in ("--set", o)]
-    result = subprocess.run([*launcher, "-m", "gandist", "train", "configs/demo_digits.yaml", *sets, "--run-dir", str(run_dir)], cwd=REPO,
-                            env=env, capture_output=True, text=True, timeout=400)
+    result = subprocess.run([*launcher, "-m", "gandist", "train", "configs/demo_digits.yaml", *sets, "--run-dir",
+                             str(run_dir)], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 

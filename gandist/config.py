@@ -155,6 +155,21 @@ class ExperimentConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _topk_keeps_samples(self) -> "ExperimentConfig":
+        topk = self.loss.topk
+        if topk is None:
+            return self
+        if self.loss.kind == "relativistic":
+            raise ValueError("loss.topk with loss.kind=relativistic: the relativistic G loss compares with the mean "
+                             "real logit, not per fake; use loss.kind=ns, hinge, wasserstein or ls with top-k")
+        micro = self.train.batch_size // self.optim.accumulation  # k is chosen over each global micro-batch
+        if int(topk.min_fraction * micro) < 1:
+            raise ValueError(f"loss.topk.min_fraction={topk.min_fraction} keeps no sample of a global micro-batch of "
+                             f"{micro} (train.batch_size / optim.accumulation); raise loss.topk.min_fraction to at "
+                             f"least {1 / micro:.3g} or the batch size")
+        return self
+
+    @model_validator(mode="after")
     def _fits_the_data(self) -> "ExperimentConfig":
         # what the builders and the first step would trip over, said before a run dir is written: toy2d gives 2-D
         # points, every other source images
@@ -169,9 +184,15 @@ class ExperimentConfig(Section):
         if points and self.augment.diffaugment:
             raise ValueError(f"augment.diffaugment={self.augment.diffaugment!r} transforms images but data.kind=toy2d "
                              "gives 2-D points; set augment.diffaugment='' (instance noise and pack do fit points)")
+        if points and self.augment.ada is not None:
+            raise ValueError("augment.ada transforms images (flips, rotations, color) but data.kind=toy2d gives 2-D "
+                             "points; remove augment.ada (instance noise and pack do fit points)")
         for i, p in enumerate(self.penalties):
-            if p.kind == "bcr" and points:
-                raise ValueError(f"penalties.{i}: bcr's transforms ({p.augment}) need images but data.kind=toy2d "
+            if p.kind in ("lecam", "zcr") and p.every > 1:
+                raise ValueError(f"penalties.{i}: {p.kind} uses the D and G phases' own logits and has no lazy form "
+                                 f"(every: {p.every}); set every: 1 or drop the key")
+            if p.kind in ("bcr", "cr") and points:
+                raise ValueError(f"penalties.{i}: {p.kind}'s transforms ({p.augment}) need images but data.kind=toy2d "
                                  "gives 2-D points; remove bcr from penalties (gp, dragan or r1 fit points)")
             if p.kind == "weight_clip" and p.every > 1:
                 raise ValueError(f"penalties.{i}: weight_clip clamps D's weights after every D step and has no lazy "

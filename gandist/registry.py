@@ -50,6 +50,9 @@ PENALTIES = {
     "r1": "gandist.objectives.penalties:R1",
     "weight_clip": "gandist.objectives.penalties:WeightClip",
     "bcr": "gandist.objectives.penalties:BalancedConsistency",
+    "cr": "gandist.objectives.penalties:BalancedConsistency",
+    "zcr": "gandist.objectives.logit_penalties:latent_consistency",
+    "lecam": "gandist.objectives.logit_penalties:LeCam",
     "path_length": "gandist.objectives.penalties:PathLength",
     "ortho": "gandist.objectives.penalties:Ortho",
 }

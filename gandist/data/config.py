@@ -21,6 +21,7 @@ class DigitsConfig(Section):
     kind: Literal["digits"] = "digits"
     resolution: Literal[8, 16, 32, 64] = Field(16, description="Output size in pixels (bilinear upsampling from 8x8).")
     channels: Literal[1, 3] = Field(1, description="1 (grey) or 3 (grey repeated).")
+    limit: int = Field(0, ge=0, le=1797, description="Train on the first N images only (0: all 1797; small-data runs).")
 
 
 class StackedDigitsConfig(Section):

@@ -118,6 +118,8 @@ class DigitsSource(_PermutedImages):
 
     def __init__(self, cfg):
         x, y = load_digits_tensor(cfg.resolution)
+        if cfg.limit:  # small-data experiments (ADA): the first `limit` images, a fixed subset
+            x, y = x[:cfg.limit], y[:cfg.limit]
         self.images = x.repeat(1, cfg.channels, 1, 1) if cfg.channels == 3 else x
         self.labels = y
         self.info = DataInfo(shape=tuple(self.images.shape[1:]), num_classes=10)

@@ -18,6 +18,14 @@ def _check_policies(policy: str) -> str:
     return policy
 
 
+class TopKConfig(Section):
+    """Top-k training: G's loss over the k fakes D rates highest, chosen over the global batch."""
+
+    gamma: float = Field(0.99, gt=0, le=1, description="k shrinks by this factor every `kimg` thousand images.")
+    min_fraction: float = Field(0.5, gt=0, le=1, description="k never falls below this fraction of the batch (nu).")
+    kimg: float = Field(60.0, gt=0, description="Thousands of images per decay of k (an epoch of a 60k-image set).")
+
+
 class LossConfig(Section):
     """The adversarial loss."""
 
@@ -26,6 +34,9 @@ class LossConfig(Section):
     )
     relativistic_base: Literal["ns", "hinge", "ls"] = Field("ns", description="Base loss of the relativistic average GAN.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="One-sided label smoothing of D's real targets (ns only).")
+    topk: TopKConfig | None = Field(
+        None, description="Top-k training (Sinha et al. 2020): G's loss over the best-rated fakes (null: off)."
+    )
 
 
 class _PenaltyBase(Section):
@@ -66,10 +77,12 @@ class WeightClipConfig(_PenaltyBase):
 
 
 class ConsistencyConfig(_PenaltyBase):
-    """Balanced consistency regularization (bCR, Zhao et al. 2021)."""
+    """Balanced consistency regularization (bCR, Zhao et al. 2021); `cr` is CR on reals only (Zhang et al. 2020)."""
 
-    kind: Literal["bcr"] = Field("bcr", description="Selects this penalty in the penalties list.")
-    weight: float = Field(10.0, ge=0, description="lambda_real = lambda_fake.")
+    kind: Literal["bcr", "cr"] = Field("bcr", description="bcr: real and fake terms; cr: the real term only.")
+    weight: float = Field(10.0, ge=0, description="lambda of both terms unless weight_real / weight_fake are set.")
+    weight_real: float | None = Field(None, ge=0, description="bcr: lambda_real (default: weight).")
+    weight_fake: float | None = Field(None, ge=0, description="bcr: lambda_fake (default: weight; cr: always 0).")
     augment: str = Field("translation,cutout", description="DiffAugment policies used as the consistency transform.")
 
     @field_validator("augment")
@@ -78,6 +91,24 @@ class ConsistencyConfig(_PenaltyBase):
         if not policy.strip():
             raise ValueError("bcr needs at least one transform: color, translation or cutout")
         return _check_policies(policy)
+
+
+class LatentConsistencyConfig(_PenaltyBase):
+    """zCR (Zhao et al. 2021): D consistent, G sensitive under a small latent perturbation; zCR + bCR is ICR."""
+
+    kind: Literal["zcr"] = Field("zcr", description="Selects this penalty in the penalties list.")
+    weight: float = Field(5.0, ge=0, description="lambda_dis: weight of E(D(G(z)) - D(G(z + dz)))^2 in D's loss.")
+    g_weight: float = Field(0.5, ge=0, description="lambda_gen: weight of -E||G(z) - G(z + dz)||^2 in G's loss.")
+    sigma: float = Field(0.05, gt=0, description="Std of the latent perturbation dz.")
+
+
+class LeCamConfig(_PenaltyBase):
+    """LeCam regularization (Tseng et al. 2021) with EMAs of D's mean real and fake logits over the global batch."""
+
+    kind: Literal["lecam"] = Field("lecam", description="Selects this penalty in the penalties list.")
+    weight: float = Field(0.3, ge=0, description="lambda_LC.")
+    decay: float = Field(0.99, ge=0, lt=1, description="Decay of the logit EMAs (StudioGAN: 0.99).")
+    start_step: int = Field(0, ge=0, description="The penalty is 0 before this step (the EMAs are updated all along).")
 
 
 class PathLengthConfig(_PenaltyBase):
@@ -99,7 +130,8 @@ class OrthoConfig(_PenaltyBase):
 
 
 PenaltyConfig = Annotated[
-    Union[GradientPenaltyConfig, DraganConfig, R1Config, WeightClipConfig, ConsistencyConfig, PathLengthConfig, OrthoConfig],
+    Union[GradientPenaltyConfig, DraganConfig, R1Config, WeightClipConfig, ConsistencyConfig, LatentConsistencyConfig,
+          LeCamConfig, PathLengthConfig, OrthoConfig],
     Field(discriminator="kind"),
 ]
 
@@ -111,12 +143,31 @@ class InstanceNoiseConfig(Section):
     anneal_steps: int = Field(0, ge=0, description="Steps over which std decays linearly to 0 (0: constant).")
 
 
+class AdaConfig(Section):
+    """Adaptive discriminator augmentation (Karras et al. 2020): p from the sign of D on real images."""
+
+    p: float = Field(0.0, ge=0, le=1, description="Initial augmentation probability (fixed when target is null).")
+    target: float | None = Field(0.6, gt=-1, lt=1, description="Target of r_t = E[sign D(real)]; null: p stays fixed.")
+    interval: int = Field(4, ge=1, description="Steps between adjustments of p.")
+    kimg: float = Field(500.0, gt=0, description="Thousands of images over which p can move from 0 to 1.")
+    pipeline: str = Field("blit,geom,color", description="Transform groups: blit, geom, color (comma-separated).")
+
+    @field_validator("pipeline")
+    @classmethod
+    def _known_groups(cls, pipeline: str) -> str:
+        names = [p.strip() for p in pipeline.split(",") if p.strip()]
+        if not names or any(n not in ("blit", "geom", "color") for n in names):
+            raise ValueError(f"augment.ada.pipeline={pipeline!r}: give one or more of blit, geom, color")
+        return pipeline
+
+
 class AugmentConfig(Section):
     """Augmentations applied to D's inputs (real and fake alike)."""
 
     diffaugment: str = Field("", description="Comma-separated DiffAugment policies: color, translation, cutout ('' off).")
     instance_noise: InstanceNoiseConfig = Field(default_factory=InstanceNoiseConfig, description="Instance noise.")
     pack: int = Field(1, ge=1, description="PacGAN: D judges packs of this many samples (1: off).")
+    ada: AdaConfig | None = Field(None, description="Adaptive discriminator augmentation of every D input (null: off).")
     translation_ratio: float = Field(
         0.125, ge=0, le=0.5, description="DiffAugment translation: max shift as a fraction of the image side."
     )

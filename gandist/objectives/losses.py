@@ -112,3 +112,32 @@ def g_loss(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None
 def needs_real_in_g_phase(cfg: LossConfig) -> bool:
     """Relativistic losses compare with real logits in the G phase too."""
     return resolve(LOSSES, cfg.kind, "loss.kind").needs_real_in_g
+
+
+def topk_count(topk, batch: int, images_seen: int) -> int:
+    """Top-k's k for a global batch of `batch` logits: max(min_fraction, gamma^(images / kimg)) x batch, at least 1.
+
+    It decays with images seen rather than epochs (a stream has none); images_seen is in the loop's checkpointed
+    state, so k resumes exactly.
+    """
+    fraction = max(topk.min_fraction, topk.gamma ** (images_seen / (topk.kimg * 1000)))
+    return max(1, int(fraction * batch))
+
+
+def topk_g_loss(cfg: LossConfig, fake: torch.Tensor, all_fake: list[torch.Tensor], rank: int,
+                images_seen: int) -> torch.Tensor:
+    """G's loss over the k fakes D rates highest in the global batch (Sinha et al. 2020), this rank's share.
+
+    all_fake: every rank's detached logits in rank order (their concatenation is the global micro-batch). The
+    loss is world_size / k x the sum of this rank's selected per-sample losses: averaged over ranks (as data
+    parallelism averages gradients) it is the mean over the global top k.
+    """
+    scores = torch.cat([t.float().flatten().cpu() for t in all_fake])
+    k = topk_count(cfg.topk, scores.numel(), images_seen)
+    start = sum(t.numel() for t in all_fake[:rank])
+    chosen = torch.zeros(scores.numel(), dtype=torch.bool)
+    chosen[torch.topk(scores, k).indices] = True
+    mine = chosen[start:start + fake.shape[0]].to(fake.device)
+    if not bool(mine.any()):
+        return fake.sum() * 0.0  # keeps the graph: data parallelism needs every rank to backpropagate
+    return g_loss(cfg, fake[mine]) * (float(mine.sum()) * len(all_fake) / k)

@@ -36,6 +36,8 @@ class PenaltyContext:
     z: torch.Tensor | None = None
     y: torch.Tensor | None = None
     rand: GlobalRandom | None = None
+    real_logits: torch.Tensor | None = None  # the D phase's D(real) and D(fake) logits, graph kept (LeCam)
+    fake_logits: torch.Tensor | None = None
     # optional: mean of a scalar over ranks (strategy all-reduce / world size); path length's running mean uses it
     reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -80,7 +82,11 @@ class Penalty:
 
 def build_penalties(cfgs: list) -> list[Penalty]:
     """Penalty objects from the `penalties` config list (names: gandist/registry.py's PENALTIES)."""
-    return [resolve(PENALTIES, c.kind, "penalties.kind")(c) for c in cfgs]
+    out = []
+    for c in cfgs:
+        made = resolve(PENALTIES, c.kind, "penalties.kind")(c)
+        out.extend(made if isinstance(made, list) else [made])  # zcr: one penalty on D, one on G
+    return out
 
 
 def input_grads(ctx: PenaltyContext, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -179,22 +185,31 @@ class WeightClip(Penalty):
 
 
 class BalancedConsistency(Penalty):
-    """bCR (Zhao et al. 2021): weight * (E(D(x)-D(T(x)))^2 on real + the same on fake), T = DiffAugment policies."""
+    """bCR (Zhao et al. 2021): w_real * E(D(x)-D(T(x)))^2 on real + w_fake * the same on fake, T = DiffAugment
+    policies; kind cr is CR (Zhang et al. 2020): the real term only."""
 
     name = "bcr"
 
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.name = cfg.kind
+        self.weight_real = self.weight if cfg.weight_real is None else float(cfg.weight_real)
+        fake = self.weight if cfg.weight_fake is None else float(cfg.weight_fake)
+        self.weight_fake = 0.0 if cfg.kind == "cr" else fake
+
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real", "rand")
-        fake, fake_y = fakes(ctx)
-        # penalties run outside autocast: fakes made under bf16 autocast are cast back to the reals' dtype
-        fake = fake.to(ctx.real.dtype)
-        value = self._term(ctx, ctx.real.detach(), ctx.real_y) + self._term(ctx, fake, fake_y)
-        return self.weight * value
+        value = self.weight_real * self._term(ctx, ctx.real.detach(), ctx.real_y)
+        if self.weight_fake:
+            fake, fake_y = fakes(ctx)
+            # penalties run outside autocast: fakes made under bf16 autocast are cast back to the reals' dtype
+            value = value + self.weight_fake * self._term(ctx, fake.to(ctx.real.dtype), fake_y)
+        return value
 
     def _term(self, ctx: PenaltyContext, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         if x.dim() != 4:
-            raise ValueError(f"penalty bcr: its transforms ({self.cfg.augment}) need image batches, got shape "
-                             f"{list(x.shape)}; remove bcr from penalties for non-image data")
+            raise ValueError(f"penalty {self.name}: its transforms ({self.cfg.augment}) need image batches, got shape "
+                             f"{list(x.shape)}; remove {self.name} from penalties for non-image data")
         x_t = consistency_transform(x, self.cfg.augment, ctx.rand)
         return (ctx.d_forward(x, y).float() - ctx.d_forward(x_t, y).float()).square().mean()
 

@@ -88,6 +88,10 @@ ROWS: tuple[RowSpec, ...] = (
         _ts("Regularizers", Query(f"gandist_regularizer{{{SEL}}}", "{{run}} {{net}}/{{penalty}} r{{rank}}")),
         _ts("D outputs", Query(f"gandist_discriminator_logit_mean{{{SEL}}}", "{{run}} D({{kind}}) r{{rank}}"),
             description="Mean D logit on real and on fake batches; a widening gap means D is winning."),
+        _ts("ADA augmentation probability", Query(f"max by (run) (gandist_ada_p{{{SEL}}})", "{{run}} p"),
+            Query(f"max by (run) (gandist_ada_rt{{{SEL}}})", "{{run}} r_t"),
+            description="augment.ada's p and the r_t = E[sign D(real)] that moves it (p rises while r_t is above "
+                        "the target: D is overfitting). Empty without augment.ada."),
     )),
     RowSpec("Stability", (
         _ts("Gradient norms", Query(f"gandist_grad_norm{{{SEL}}}", "{{run}} {{net}} r{{rank}}")),

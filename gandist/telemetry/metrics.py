@@ -171,6 +171,8 @@ class MetricsExporter:
         self.m_sigma = g("gandist_sigma", "Top singular value of the top-k layers of each net.", ("net", "layer"))
         self.m_lr = g("gandist_learning_rate", "Learning rate per net.", ("net",))
         self.m_ema = g("gandist_ema_relative_distance", "||EMA - G|| / ||G||.")
+        self.m_ada_p = g("gandist_ada_p", "ADA's augmentation probability p (augment.ada).")
+        self.m_ada_rt = g("gandist_ada_rt", "ADA's overfitting heuristic r_t = E[sign D(real)] at its last adjustment.")
         self.m_nonfinite = c("gandist_nonfinite_values", "Non-finite values seen in losses, logits and gradients.")
         self.m_skipped = c("gandist_skipped_samples", "Samples the data source skipped (corrupt or unreadable).")
         self.m_verdict = g("gandist_watchdog_verdict", "Last watchdog verdict: 0 ok, 1 warn, 2 diverged.")
@@ -274,6 +276,9 @@ class MetricsExporter:
                 c(self.m_reg, net, term).set(value)
         c(self.m_d_logit, "real").set(signals.d_real)
         c(self.m_d_logit, "fake").set(signals.d_fake)
+        if signals.ada_p is not None:  # only runs with augment.ada have the series
+            c(self.m_ada_p).set(signals.ada_p)
+            c(self.m_ada_rt).set(signals.ada_rt)
         for net, norm in signals.grad_norm.items():
             c(self.m_grad, net).set(norm)
         for net, lr in signals.lr.items():

@@ -73,6 +73,11 @@ class Trainer:
         if cfg.train.channels_last and self.info.is_image:
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
         self.penalties = build_penalties(cfg.penalties)
+        self.ada = None
+        if cfg.augment.ada is not None:
+            from gandist.objectives.ada import AdaController
+
+            self.ada = AdaController(cfg.augment.ada, cfg.train.batch_size)
         optim = {"G": lazy_optim(cfg.optim.g, self.penalties, "G"), "D": lazy_optim(cfg.optim.d, self.penalties, "D")}
         # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
         self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
@@ -171,6 +176,9 @@ class Trainer:
                 decay = ema_lib.ramped_decay(cfg.train.ema.decay, cfg.train.batch_size, self.images_seen,
                                              cfg.train.ema.rampup)
                 ema_lib.update_ema(self.G_ema, G_full, decay, self.step, cfg.train.ema.start_step)
+        if self.ada is not None:  # every rank adds the same global totals: p stays identical across ranks
+            self.ada.end_step(lambda t: s.all_reduce(t.to(s.device), "sum").cpu())
+            sig.ada_p, sig.ada_rt = self.ada.p, self.ada.rt
         self.images_seen += cfg.train.batch_size * cfg.optim.d_steps
         self.step += 1
         sig.step = self.step

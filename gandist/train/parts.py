@@ -50,7 +50,7 @@ def build_checkpointer(tr) -> Checkpointer:
     return Checkpointer(
         store, tr.strategy, every=cfg.checkpoint.every, last_step=cfg.train.steps,
         shared={"G_ema": Part(tr.G_ema), "loop": Part(tr, kept_on_rollback=("rollbacks",)),
-                "penalties": Part(StatefulList(tr.penalties)),
+                "penalties": Part(StatefulList(tr.penalties)), "ada": Part(tr.ada),
                 "watchdog": Part(tr.watchdog, on_rollback=False),
                 # the best evaluation so far: a resumed run must not tag a worse checkpoint "best"
                 "eval_best": Part(tr.evaluator, on_rollback=False)},

@@ -49,6 +49,8 @@ def latents(tr, rand: GlobalRandom, n: int) -> tuple[torch.Tensor, torch.Tensor 
 def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom) -> torch.Tensor:
     """D's logits after augmentation, instance noise and packing (the same pipeline for real and fake)."""
     aug = tr.cfg.augment
+    if tr.ada is not None:  # before DiffAugment, noise and packing; R1 differentiates w.r.t. x before it
+        x = tr.ada.augment(x, rand)
     if aug.diffaugment or aug.instance_noise.std > 0 or aug.pack > 1:
         from gandist.objectives.augment import prepare_d_input
 
@@ -89,7 +91,11 @@ def d_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
         fake_logits = d_forward(tr, fake, m.y, m.rand)
         loss = losses.d_loss(tr.cfg.loss, real_logits.float(), fake_logits.float(), s.batch_mean)
     sig.d_real, sig.d_fake = real_logits.detach().mean(), fake_logits.detach().mean()  # device tensors
-    return loss, {"D": s.module("D"), "real": m.real, "real_y": m.real_y, "fake": fake.detach(), "fake_y": m.y}
+    if tr.ada is not None:
+        tr.ada.observe(real_logits)
+    # LeCam reads the logits (graph kept); zCR draws perturbed fakes from z through G
+    return loss, {"D": s.module("D"), "real": m.real, "real_y": m.real_y, "fake": fake.detach(), "fake_y": m.y,
+                  "real_logits": real_logits, "fake_logits": fake_logits, "z": m.z, "y": m.y, "g_forward": s.net("G")}
 
 
 def g_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
@@ -101,7 +107,11 @@ def g_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
         real_logits = None
         if losses.needs_real_in_g_phase(tr.cfg.loss):
             real_logits = d_forward(tr, m.real, m.real_y, m.rand).float()
-        loss = losses.g_loss(tr.cfg.loss, fake_logits.float(), real_logits, s.batch_mean)
+        if tr.cfg.loss.topk is not None:  # k chosen over the global batch: world-size invariant
+            gathered = s.all_gather_object(fake_logits.detach().float().cpu())
+            loss = losses.topk_g_loss(tr.cfg.loss, fake_logits.float(), gathered, s.rank, tr.images_seen)
+        else:
+            loss = losses.g_loss(tr.cfg.loss, fake_logits.float(), real_logits, s.batch_mean)
     return loss, {"g_forward": s.net("G"), "D": s.module("D"), "z": m.z, "y": m.y}
 
 

@@ -44,6 +44,8 @@ class Signals:
     lr: dict[str, float] = field(default_factory=dict)
     ema_distance: float | None = None  # ||EMA - G|| / ||G||
     skipped_samples: int = 0  # cumulative, from the data source
+    ada_p: float | None = None  # ADA's augmentation probability after this step (None: ADA off)
+    ada_rt: float | None = None  # ADA's r_t = E[sign D(real)] at its last adjustment
     verdict: str = "ok"  # watchdog verdict after this step: ok, warn, diverged
 
     def resolve(self) -> None:

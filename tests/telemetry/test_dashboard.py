@@ -55,7 +55,7 @@ def test_dashboard_has_job_run_rank_variables_and_the_required_panels():
 def test_every_dashboard_and_alert_metric_is_one_the_exporter_serves(make_exporter):
     exporter = make_exporter()
     exporter.publish(Signals(step=1, losses={"G": 1.0, "D/r1": 0.1}, sigma={"D/a": 1.0}, seconds={"D": 0.1},
-                             grad_norm={"D": 1.0}))
+                             grad_norm={"D": 1.0}, ada_p=0.1, ada_rt=0.5))  # ADA series exist with augment.ada
     exporter.publish(Signals(step=2))
     served = {name for name, _ in scrape(exporter)}
     served |= {"gandist_gpu_memory_allocated_bytes", "gandist_gpu_memory_reserved_bytes"}  # only with CUDA

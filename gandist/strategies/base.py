@@ -57,6 +57,10 @@ class OptimSetup:
     betas: tuple[float, float]
     eps: float
     weight_decay: float
+    kind: str = "adam"  # gandist.optim.KINDS
+    momentum: float = 0.0
+    alpha: float = 0.99
+    impl: str = "auto"  # optim.impl; resolved against the device in gandist.optim.build_optimizer
 
 
 class Strategy(ABC):
@@ -193,11 +197,12 @@ class Strategy(ABC):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Portable optimizer state: Adam moments keyed by parameter name, so that any strategy can load any other's.
+# Portable optimizer state: per-parameter state keyed by parameter name, so that any strategy can load any other's.
 
 
 def adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module) -> dict:
-    """{'params': {name: {'exp_avg', 'exp_avg_sq', 'step'}}, 'lr_scale': ...} from a torch Adam over module."""
+    """{'params': {name: state}, 'group': {'step': ...}} of any optimizer over module (Adam: exp_avg, exp_avg_sq,
+    step; RMSprop: square_avg, ...; AdaBelief keeps its step count in the param group, hence 'group')."""
     names = {id(p): n for n, p in module.named_parameters()}
     out: dict[str, dict] = {}
     for group in optimizer.param_groups:
@@ -205,7 +210,8 @@ def adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module) -> d
             st = optimizer.state.get(p)
             if st:
                 out[names[id(p)]] = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in st.items()}
-    return {"params": out}
+    group = optimizer.param_groups[0]
+    return {"params": out, "group": {"step": group["step"]} if "step" in group else {}}
 
 
 def load_adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module, state: dict) -> None:
@@ -219,6 +225,8 @@ def load_adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module,
                 raise KeyError(f"optimizer state has no entry for parameter {name!r}: checkpoint of a different model?")
             continue
         optimizer.state[p] = {k: (v.to(p.device) if torch.is_tensor(v) else v) for k, v in saved[name].items()}
+    for group in optimizer.param_groups:
+        group.update(state.get("group", {}))
     for group in optimizer.param_groups:
         for p in group["params"]:
             st = optimizer.state.get(p)
@@ -241,9 +249,17 @@ class TorchOptimizerState:
     accumulation: int
     grad_clip: float
 
+    compiled: dict[str, Any] = {}
+
+    def _compile_nets(self, enabled: bool) -> None:
+        """train.compile: forwards go through torch.compile wrappers; module()/state dicts stay the plain nets, so
+        checkpoints keep the uncompiled parameter names (no `_orig_mod.` prefix)."""
+        self.compiled = {n: torch.compile(self.modules[n]) for n in NETS} if enabled else {}
+
     def net(self, name: str) -> nn.Module:
-        """The plain module: no wrapper (ddp syncs gradients in step(), not in forward hooks)."""
-        return self.modules[name]
+        """The module, or its torch.compile wrapper under train.compile (ddp syncs gradients in step(), not in
+        forward hooks, so no DDP wrapper)."""
+        return self.compiled.get(name) or self.modules[name]
 
     def module(self, name: str) -> nn.Module:
         """The plain module."""
@@ -310,10 +326,11 @@ class TorchOptimizerState:
                 self.scalers[n].load_state_dict(state)
 
 
-def build_adam(params, setup: OptimSetup) -> torch.optim.Optimizer:
-    """Adam (AdamW when weight decay) with deterministic, non-fused kernels."""
-    cls = torch.optim.AdamW if setup.weight_decay > 0 else torch.optim.Adam
-    return cls(params, lr=setup.lr, betas=setup.betas, eps=setup.eps, weight_decay=setup.weight_decay, foreach=False)
+def build_adam(params, setup: OptimSetup, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The optimizer `setup` names (gandist.optim: kind and kernel implementation) for the strategy's device."""
+    from gandist.optim import build_optimizer
+
+    return build_optimizer(params, setup, (device or torch.device("cpu")).type)
 
 
 def zero_fill_missing_grads(params) -> None:

@@ -259,7 +259,8 @@ class TorchOptimizerState:
     def net(self, name: str) -> nn.Module:
         """The module, or its torch.compile wrapper under train.compile (ddp syncs gradients in step(), not in
         forward hooks, so no DDP wrapper)."""
-        return self.compiled.get(name) or self.modules[name]
+        compiled = self.compiled.get(name)  # not `or`: bool() of an nn.Module asks its len()
+        return self.modules[name] if compiled is None else compiled
 
     def module(self, name: str) -> nn.Module:
         """The plain module."""

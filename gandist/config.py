@@ -207,6 +207,13 @@ class ExperimentConfig(Section):
     def _optimizers_fit(self) -> "ExperimentConfig":
         check_impl(self.optim.impl, {"g": self.optim.g.kind, "d": self.optim.d.kind})
         strategy = self.distributed.strategy
+        sn = self.model.arch.startswith("biggan") or getattr(self.model, "spectral_norm", False)
+        if self.train.compile and sn:
+            # measured on CPU (torch 2.13, tiny DCGAN): the power iteration's in-place update of the SN buffers
+            # inside the compiled forward breaks the backward ("modified by an inplace operation")
+            raise ValueError(f"train.compile with a spectrally normalized net (model.arch={self.model.arch}): SN's "
+                             "in-place buffer updates break the compiled backward; set model.spectral_norm=false "
+                             "or train.compile=false")
         if strategy.startswith("zero"):
             for net in ("g", "d"):
                 kind = getattr(self.optim, net).kind

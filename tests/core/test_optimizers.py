@@ -80,7 +80,18 @@ def test_adabelief_is_the_library_one():
     (["optim.impl=fused", "optim.g.kind=adabelief"], "optim.g.kind=adabelief has no fused kernel"),
     (["distributed.strategy=zero2", "optim.d.kind=rmsprop"], "optim.d.kind=rmsprop under distributed.strategy=zero2"),
     (["optim.g.kind=lion"], "optim.g.kind"),
+    (["train.compile=true", "distributed.strategy=zero2"], "train.compile under distributed.strategy=zero2"),
+    (["train.compile=true", "model.arch=dcgan", "data.kind=digits"], "train.compile with a spectrally normalized"),
 ])
 def test_bad_optimizer_config_is_refused(overrides, words):
     with pytest.raises(ConfigError, match=words):
         load_config(None, overrides)
+
+
+def test_deterministic_auto_is_deterministic_on_cpu_only():
+    from gandist.train.device_setup import configure_device, wants_determinism
+
+    assert wants_determinism("auto", torch.device("cpu")) and not wants_determinism("auto", torch.device("cuda"))
+    assert wants_determinism(True, torch.device("cuda")) and not wants_determinism(False, torch.device("cpu"))
+    assert configure_device("auto", torch.device("cpu")) and torch.are_deterministic_algorithms_enabled()
+    assert load_config(None, TINY).train.deterministic == "auto"

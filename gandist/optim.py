@@ -11,6 +11,7 @@ it, foreach otherwise. All three are deterministic on CPU (no atomics), so CPU r
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -48,6 +49,20 @@ AdamConfig = NetOptimConfig  # the section's name before optim.*.kind existed
 Impl = Literal["auto", "foreach", "fused", "loop"]
 
 
+@dataclass
+class OptimSetup:
+    """Per-net optimizer settings after lazy-regularization rescaling (StyleGAN2: lr*r, beta**r, r=k/(k+1))."""
+
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    kind: str = "adam"  # gandist.optim.KINDS
+    momentum: float = 0.0
+    alpha: float = 0.99
+    impl: str = "auto"  # optim.impl; resolved against the device in gandist.optim.build_optimizer
+
+
 def check_impl(impl: str, kinds: dict[str, str]) -> None:
     """Refuse optim.impl=fused for a kind torch has no fused kernel for (ValueError: config time)."""
     if impl != "fused":
@@ -60,8 +75,6 @@ def check_impl(impl: str, kinds: dict[str, str]) -> None:
 
 def lazy_optim(cfg: NetOptimConfig, impl: str, penalties, net: str):
     """`net`'s OptimSetup after StyleGAN2's lazy-regularization rescaling (r = k/(k+1)): lr*r, decay rates**r."""
-    from gandist.strategies.base import OptimSetup
-
     ks = {p.every for p in penalties if p.net == net and p.every > 1}
     ratio = max(ks) / (max(ks) + 1) if ks else 1.0
     return OptimSetup(lr=cfg.lr * ratio, betas=tuple(b ** ratio for b in cfg.betas), eps=cfg.eps,

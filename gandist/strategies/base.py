@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from gandist.errors import UserError
+from gandist.optim import OptimSetup, build_optimizer  # noqa: F401  (OptimSetup: strategies import it here)
 
 NETS = ("G", "D")
 REDUCE_OPS = ("sum", "max", "min", "mean")
@@ -47,20 +48,6 @@ class StepStats:
     grad_norm: float = 0.0
     layer_grad_norms: dict[str, float] = field(default_factory=dict)
     nonfinite: int = 0  # count of non-finite gradient elements
-
-
-@dataclass
-class OptimSetup:
-    """Per-net optimizer settings after lazy-regularization rescaling (StyleGAN2: lr*r, beta**r, r=k/(k+1))."""
-
-    lr: float
-    betas: tuple[float, float]
-    eps: float
-    weight_decay: float
-    kind: str = "adam"  # gandist.optim.KINDS
-    momentum: float = 0.0
-    alpha: float = 0.99
-    impl: str = "auto"  # optim.impl; resolved against the device in gandist.optim.build_optimizer
 
 
 class Strategy(ABC):
@@ -329,8 +316,6 @@ class TorchOptimizerState:
 
 def build_adam(params, setup: OptimSetup, device: torch.device | None = None) -> torch.optim.Optimizer:
     """The optimizer `setup` names (gandist.optim: kind and kernel implementation) for the strategy's device."""
-    from gandist.optim import build_optimizer
-
     return build_optimizer(params, setup, (device or torch.device("cpu")).type)
 
 

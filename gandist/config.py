@@ -21,6 +21,7 @@ from gandist.errors import ConfigError  # noqa: F401  (raised here; importable f
 from gandist.eval.config import EvalConfig
 from gandist.models.config import MLPConfig, ModelConfig
 from gandist.objectives.config import AugmentConfig, LossConfig, PenaltyConfig
+from gandist.optim import ADAM_MOMENTS, AdamConfig, Impl, NetOptimConfig, check_impl  # noqa: F401
 from gandist.strategies import strategy_class
 from gandist.telemetry.config import TelemetryConfig
 from gandist.watchdog.config import WatchdogConfig
@@ -29,28 +30,14 @@ from gandist.watchdog.config import WatchdogConfig
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # not "nan"/"inf": those stay strings
 
 
-class AdamConfig(Section):
-    """Adam settings of one network."""
-
-    lr: float = Field(2e-4, gt=0, description="Learning rate.")
-    betas: tuple[float, float] = Field((0.0, 0.999), description="Adam betas, each in [0, 1).")
-    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) when > 0.")
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
-        for b in betas:
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"each beta must be in [0, 1), got {list(betas)}")
-        return betas
-
-
 class OptimConfig(Section):
     """Optimizers (separate for G and D: TTUR), D steps per G step, accumulation and clipping."""
 
-    g: AdamConfig = Field(default_factory=lambda: AdamConfig(lr=1e-4), description="G's Adam.")
-    d: AdamConfig = Field(default_factory=lambda: AdamConfig(lr=4e-4), description="D's Adam (TTUR: usually a higher lr).")
+    g: NetOptimConfig = Field(default_factory=lambda: NetOptimConfig(lr=1e-4), description="G's optimizer.")
+    d: NetOptimConfig = Field(default_factory=lambda: NetOptimConfig(lr=4e-4),
+                              description="D's optimizer (TTUR: usually a higher lr).")
+    impl: Impl = Field("auto", description="Optimizer kernels: auto (fused on CUDA where torch has it, else "
+                       "foreach), foreach, fused, loop (one tensor at a time).")
     d_steps: int = Field(1, ge=1, description="D steps per G step.")
     accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     grad_clip: float = Field(0.0, ge=0, description="Clip each net's gradient norm to this (0: off).")
@@ -76,7 +63,10 @@ class TrainConfig(Section):
     steps: int = Field(1000, ge=1, description="Total G steps.")
     batch_size: int = Field(64, ge=1, description="Global batch size (all ranks, all accumulation micro-batches).")
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="Mixed precision: bf16 autocast (CPU/GPU) or fp16 + GradScaler (GPU).")
-    deterministic: bool = Field(True, description="Deterministic algorithms (bitwise-reproducible on CPU).")
+    deterministic: Literal["auto"] | bool = Field("auto", description=(
+        "auto: deterministic on CPU (bitwise reproducible), fast on CUDA (cudnn.benchmark, TF32); true: "
+        "deterministic algorithms everywhere (sets CUBLAS_WORKSPACE_CONFIG on CUDA); false: fast everywhere."))
+    compile: bool = Field(False, description="torch.compile G and D (single and ddp; checkpoints stay plain).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     channels_last: bool = Field(False, description="Use channels_last memory format for image nets.")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of G.")
@@ -232,6 +222,30 @@ class ExperimentConfig(Section):
         if count is not None and n > count:
             raise ValueError(f"model.freeze_d={n} but the D of model.arch={self.model.arch} at this data.resolution "
                              f"has {count} blocks; set model.freeze_d to at most {count}")
+        return self
+
+    @model_validator(mode="after")
+    def _optimizers_fit(self) -> "ExperimentConfig":
+        check_impl(self.optim.impl, {"g": self.optim.g.kind, "d": self.optim.d.kind})
+        strategy = self.distributed.strategy
+        sn = self.model.arch.startswith("biggan") or getattr(self.model, "spectral_norm", False)
+        if self.train.compile and sn:
+            # measured on CPU (torch 2.13, tiny DCGAN): the power iteration's in-place update of the SN buffers
+            # inside the compiled forward breaks the backward ("modified by an inplace operation")
+            raise ValueError(f"train.compile with a spectrally normalized net (model.arch={self.model.arch}): SN's "
+                             "in-place buffer updates break the compiled backward; set model.spectral_norm=false "
+                             "or train.compile=false")
+        if strategy.startswith("zero"):
+            for net in ("g", "d"):
+                kind = getattr(self.optim, net).kind
+                if kind not in ADAM_MOMENTS:
+                    raise ValueError(f"optim.{net}.kind={kind} under distributed.strategy={strategy}: gandist's ZeRO "
+                                     "checkpoints carry Adam's moments only; use kind adam or adamw, or "
+                                     "distributed.strategy=ddp")
+            if self.train.compile:
+                raise ValueError(f"train.compile under distributed.strategy={strategy}: gandist compiles only the "
+                                 "plain nets of single/ddp (ZeRO-3 gathers partitioned weights in forward hooks that "
+                                 "graph capture does not see; ZeRO-1/2 untested); set train.compile=false or use ddp")
         return self
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from gandist.errors import UserError
+from gandist.optim import OptimSetup, build_optimizer  # noqa: F401  (OptimSetup: strategies import it here)
 
 NETS = ("G", "D")
 REDUCE_OPS = ("sum", "max", "min", "mean")
@@ -50,16 +51,6 @@ class StepStats:
     grad_norm: float | torch.Tensor = 0.0
     layer_grad_norms: dict[str, float | torch.Tensor] = field(default_factory=dict)
     nonfinite: int | torch.Tensor = 0  # count of non-finite gradient elements
-
-
-@dataclass
-class OptimSetup:
-    """Per-net optimizer settings after lazy-regularization rescaling (StyleGAN2: lr*r, beta**r, r=k/(k+1))."""
-
-    lr: float
-    betas: tuple[float, float]
-    eps: float
-    weight_decay: float
 
 
 class Strategy(ABC):
@@ -196,11 +187,12 @@ class Strategy(ABC):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Portable optimizer state: Adam moments keyed by parameter name, so that any strategy can load any other's.
+# Portable optimizer state: per-parameter state keyed by parameter name, so that any strategy can load any other's.
 
 
 def adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module) -> dict:
-    """{'params': {name: {'exp_avg', 'exp_avg_sq', 'step'}}, 'lr_scale': ...} from a torch Adam over module."""
+    """{'params': {name: state}, 'group': {'step': ...}} of any optimizer over module (Adam: exp_avg, exp_avg_sq,
+    step; RMSprop: square_avg, ...; AdaBelief keeps its step count in the param group, hence 'group')."""
     names = {id(p): n for n, p in module.named_parameters()}
     out: dict[str, dict] = {}
     for group in optimizer.param_groups:
@@ -208,7 +200,8 @@ def adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module) -> d
             st = optimizer.state.get(p)
             if st:
                 out[names[id(p)]] = {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v) for k, v in st.items()}
-    return {"params": out}
+    group = optimizer.param_groups[0]
+    return {"params": out, "group": {"step": group["step"]} if "step" in group else {}}
 
 
 def load_adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module, state: dict) -> None:
@@ -222,6 +215,8 @@ def load_adam_state_by_name(optimizer: torch.optim.Optimizer, module: nn.Module,
                 raise KeyError(f"optimizer state has no entry for parameter {name!r}: checkpoint of a different model?")
             continue
         optimizer.state[p] = {k: (v.to(p.device) if torch.is_tensor(v) else v) for k, v in saved[name].items()}
+    for group in optimizer.param_groups:
+        group.update(state.get("group", {}))
     for group in optimizer.param_groups:
         for p in group["params"]:
             st = optimizer.state.get(p)
@@ -244,9 +239,18 @@ class TorchOptimizerState:
     accumulation: int
     grad_clip: float
 
+    compiled: dict[str, Any] = {}
+
+    def _compile_nets(self, enabled: bool) -> None:
+        """train.compile: forwards go through torch.compile wrappers; module()/state dicts stay the plain nets, so
+        checkpoints keep the uncompiled parameter names (no `_orig_mod.` prefix)."""
+        self.compiled = {n: torch.compile(self.modules[n]) for n in NETS} if enabled else {}
+
     def net(self, name: str) -> nn.Module:
-        """The plain module: no wrapper (ddp syncs gradients in step(), not in forward hooks)."""
-        return self.modules[name]
+        """The module, or its torch.compile wrapper under train.compile (ddp syncs gradients in step(), not in
+        forward hooks, so no DDP wrapper)."""
+        compiled = self.compiled.get(name)  # not `or`: bool() of an nn.Module asks its len()
+        return self.modules[name] if compiled is None else compiled
 
     def module(self, name: str) -> nn.Module:
         """The plain module."""
@@ -313,10 +317,9 @@ class TorchOptimizerState:
                 self.scalers[n].load_state_dict(state)
 
 
-def build_adam(params, setup: OptimSetup) -> torch.optim.Optimizer:
-    """Adam (AdamW when weight decay) with deterministic, non-fused kernels."""
-    cls = torch.optim.AdamW if setup.weight_decay > 0 else torch.optim.Adam
-    return cls(params, lr=setup.lr, betas=setup.betas, eps=setup.eps, weight_decay=setup.weight_decay, foreach=False)
+def build_adam(params, setup: OptimSetup, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """The optimizer `setup` names (gandist.optim: kind and kernel implementation) for the strategy's device."""
+    return build_optimizer(params, setup, (device or torch.device("cpu")).type)
 
 
 def zero_fill_missing_grads(params) -> None:

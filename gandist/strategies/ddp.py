@@ -37,11 +37,12 @@ class DDPStrategy(TorchOptimizerState, DistributedBase, Strategy):
         self._remember_trainable(G, D)
         for module in (G, D):
             broadcast_module(module, self.env, params=True)
-        self.optimizers = {n: build_adam(self.trainable[n], optim[n]) for n in NETS}
+        self.optimizers = {n: build_adam(self.trainable[n], optim[n], self.device) for n in NETS}
         self.base_lr = {n: optim[n].lr for n in NETS}
         self.lr_scale = {n: 1.0 for n in NETS}
         use_scaler = amp == "fp16" and self.device.type == "cuda"
         self.scalers = {n: torch.amp.GradScaler("cuda") if use_scaler else None for n in NETS}
+        self._compile_nets(self.cfg.train.compile)
 
     def _sync_gradients(self, name: str) -> None:
         """Average the phase's gradients over ranks: one flat all-reduce per optimizer step."""

@@ -36,9 +36,10 @@ class SingleStrategy(TorchOptimizerState, Strategy):
         self.accumulation, self.grad_clip, self.amp = accumulation, grad_clip, amp
         self._remember_trainable(G, D)
         for name in NETS:
-            self.optimizers[name] = build_adam(self.trainable[name], optim[name])
+            self.optimizers[name] = build_adam(self.trainable[name], optim[name], self.device)
             self.base_lr[name] = optim[name].lr
             self.scalers[name] = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        self._compile_nets(self.cfg.train.compile)
 
     # -- collectives: one process, so each is the identity ----------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

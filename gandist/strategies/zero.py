@@ -172,7 +172,7 @@ class ZeroStrategy(DistributedBase, Strategy):
             self.ds_configs[n] = ds_config
             params = self.trainable[n] if self.stage == 3 else partition_friendly_order(self.trainable[n],
                                                                                        self.world_size)
-            optimizer = build_adam(params, optim[n])
+            optimizer = build_adam(params, optim[n], self.device)
             try:
                 engine, *_ = deepspeed.initialize(model=self.modules[n], optimizer=optimizer,
                                                   config=ds_config, dist_init_required=False)

@@ -24,9 +24,11 @@ from gandist.strategies import build_strategy
 from gandist.train import ema as ema_lib
 from gandist.train import health, outputs, parts
 from gandist.train.finetune import freeze_d, init_from
+from gandist.train.device_setup import configure_device
 from gandist.train.lease import acquire_run_lease
 from gandist.train.lr import LearningRate
-from gandist.train.phases import build_phases, lazy_optim, run_phase
+from gandist.optim import lazy_optim
+from gandist.train.phases import build_phases, run_phase
 from gandist.train.rundir import JsonlWriter, check_run_dir, write_run_config
 from gandist.train.signals import Signals, nonfinite_count
 
@@ -51,8 +53,7 @@ class Trainer:
 
     def _build(self, cfg, run_dir: str, force: bool, takeover: bool, lease_owner: str | None) -> None:
         s = self.strategy
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        configure_device(cfg.train.deterministic, s.device)
         self.micro = micro_batch_size(cfg.train.batch_size, s.world_size, cfg.optim.accumulation)
         # the data is opened before the run dir is written: a wrong data path leaves nothing behind
         self.source = build_source(cfg.data)
@@ -78,7 +79,7 @@ class Trainer:
             from gandist.objectives.ada import AdaController
 
             self.ada = AdaController(cfg.augment.ada, cfg.train.batch_size)
-        optim = {"G": lazy_optim(cfg.optim.g, self.penalties, "G"), "D": lazy_optim(cfg.optim.d, self.penalties, "D")}
+        optim = {n: lazy_optim(getattr(cfg.optim, n.lower()), cfg.optim.impl, self.penalties, n) for n in ("G", "D")}
         # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
         self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
         init_from(cfg, run_dir, s, G, D, self.G_ema)  # fine-tuning: weights only, before any engine copies them

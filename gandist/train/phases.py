@@ -2,7 +2,7 @@
 
 It exists so that the loop has one phase body and one penalty sum instead of three hand-written phase methods.
 As in stylegan2-ada-pytorch, a penalty with `every: k` runs in its net's reg phase every k steps with its weight
-multiplied by k, and that net's Adam lr and betas are rescaled by r = k/(k+1) (`lazy_optim`). A phase's `objective`
+multiplied by k, and that net's Adam lr and betas are rescaled by r = k/(k+1) (gandist.optim.lazy_optim). A phase's `objective`
 is its main loss (D's or G's adversarial loss; none in a reg phase) and the fields its penalties see.
 """
 from __future__ import annotations
@@ -17,15 +17,7 @@ from gandist.data.base import micro_batch_start
 from gandist.objectives import losses
 from gandist.objectives.penalties import PenaltyContext
 from gandist.randomness import GlobalRandom, stream_seed
-from gandist.strategies.base import OptimSetup
 
-
-def lazy_optim(adam, penalties, net: str) -> OptimSetup:
-    """Adam settings of `net` after StyleGAN2's lazy-regularization rescaling (r = k/(k+1))."""
-    ks = {p.every for p in penalties if p.net == net and p.every > 1}
-    ratio = max(ks) / (max(ks) + 1) if ks else 1.0
-    return OptimSetup(lr=adam.lr * ratio, betas=tuple(b ** ratio for b in adam.betas), eps=adam.eps,
-                      weight_decay=adam.weight_decay)
 
 # -- what a phase draws and feeds D: the same on every phase --------------------------------------------------------
 def step_random(tr, tag: str, micro: int) -> GlobalRandom:

@@ -16,6 +16,12 @@ class _ArchBase(Section):
     conditional: bool = Field(True, description="Condition on class labels when the data has them.")
 
 
+class _ConditionedD(_ArchBase):
+    d_conditioning: Literal["projection", "auxiliary"] = Field(
+        "projection", description="How a conditional D uses labels: projection (Miyato 2018: <embed(y), h> added to "
+        "the logit) or auxiliary (ACGAN, Odena 2017: a class head; cross-entropy weighted by loss.aux_weight).")
+
+
 class MLPConfig(_ArchBase):
     """MLP generator and discriminator for 2-D toy data."""
 
@@ -26,7 +32,7 @@ class MLPConfig(_ArchBase):
     spectral_norm: bool = Field(False, description="Spectral norm on D's linear layers.")
 
 
-class DCGANConfig(_ArchBase):
+class DCGANConfig(_ConditionedD):
     """DCGAN-style conv nets for 16-64 px images (BN in G, optional SN in D, projection D when conditional)."""
 
     arch: Literal["dcgan"] = "dcgan"
@@ -34,7 +40,7 @@ class DCGANConfig(_ArchBase):
     spectral_norm: bool = Field(True, description="Spectral norm on D's layers.")
 
 
-class ResNetConfig(_ArchBase):
+class ResNetConfig(_ConditionedD):
     """SNGAN-style ResNet pair for 16-64 px images (G conditioned by a class embedding added to z, projection D)."""
 
     arch: Literal["resnet"] = "resnet"
@@ -43,7 +49,7 @@ class ResNetConfig(_ArchBase):
     sn_g: bool = Field(False, description="Spectral norm in G too.")
 
 
-class BigGANConfig(_ArchBase):
+class BigGANConfig(_ConditionedD):
     """BigGAN / BigGAN-deep (Brock et al. 2019) as configured in BigGAN-PyTorch."""
 
     arch: Literal["biggan", "biggan_deep"] = "biggan"

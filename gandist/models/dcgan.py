@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from gandist.models.base import BuildContext, projection_logits, small_image_pair_dims
+from gandist.models.base import BuildContext, class_heads, d_output, small_image_pair_dims
 from gandist.nn.cross_replica_bn import batch_norm
 from gandist.nn.spectral_norm import conv2d, embedding, linear
 
@@ -52,7 +52,7 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """Strided convs down to 4x4, then a linear logit plus the projection term <embed(y), h> when conditional."""
 
-    def __init__(self, ch: int, resolution: int, channels: int, num_classes: int, sn: bool):
+    def __init__(self, ch: int, resolution: int, channels: int, num_classes: int, sn: bool, cfg=None):
         super().__init__()
         stages = _stages(resolution)
         layers: list[nn.Module] = [conv2d(channels, ch, 3, padding=1, sn=sn), nn.LeakyReLU(0.2)]
@@ -62,15 +62,17 @@ class DCGANDiscriminator(nn.Module):
             width *= 2
         self.features = nn.Sequential(*layers)
         self.fc = linear(width * 16, 1, sn)
-        self.embed = embedding(num_classes, width * 16, sn) if num_classes else None
+        self.embed, self.aux = class_heads(cfg, num_classes, width * 16, lambda k, w: embedding(k, w, sn),
+                                           lambda w, k: linear(w, k, sn))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, return_class: bool = False):
         h = self.features(x).flatten(1)
-        return projection_logits(self.fc, self.embed, h, y)
+        return d_output(self.fc, self.embed, self.aux, h, y, return_class)
 
 
 def build(cfg, info, ctx: BuildContext):
     """DCGAN pair for images of shape (C, R, R)."""
     classes, c, res, d_channels = small_image_pair_dims(cfg, info, ctx)
     return (DCGANGenerator(cfg.z_dim, cfg.ch, res, c, classes, ctx.bn_process_group),
-            DCGANDiscriminator(cfg.ch, res, d_channels, classes if ctx.pack == 1 else 0, cfg.spectral_norm))
+            DCGANDiscriminator(cfg.ch, res, d_channels, classes if ctx.pack == 1 else 0, cfg.spectral_norm,
+                               cfg))

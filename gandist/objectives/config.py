@@ -26,6 +26,9 @@ class LossConfig(Section):
     )
     relativistic_base: Literal["ns", "hinge", "ls"] = Field("ns", description="Base loss of the relativistic average GAN.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="One-sided label smoothing of D's real targets (ns only).")
+    aux_weight: float = Field(1.0, ge=0, description=(
+        "ACGAN (model.d_conditioning=auxiliary): weight of the class cross-entropy, on real labels in D's loss and on "
+        "the sampled labels in G's."))
 
 
 class _PenaltyBase(Section):

@@ -101,3 +101,8 @@ def g_loss(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None
 def needs_real_in_g_phase(cfg: LossConfig) -> bool:
     """Relativistic losses compare with real logits in the G phase too."""
     return resolve(LOSSES, cfg.kind, "loss.kind").needs_real_in_g
+
+
+def aux_class_loss(cfg: LossConfig, class_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ACGAN's auxiliary term: loss.aux_weight x cross-entropy of D's class head against the labels y."""
+    return cfg.aux_weight * F.cross_entropy(class_logits.float(), y)

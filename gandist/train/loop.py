@@ -83,6 +83,8 @@ class Trainer:
         if cfg.train.channels_last and self.info.is_image:
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
         self.penalties = build_penalties(cfg.penalties)
+        # ACGAN: D has a class head (config validation made sure there are labels)
+        self.aux = getattr(cfg.model, "d_conditioning", "projection") == "auxiliary" and bool(G.num_classes)
         optim = {"G": lazy_optim(cfg.optim.g, self.penalties, "G"), "D": lazy_optim(cfg.optim.d, self.penalties, "D")}
         # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
         self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
@@ -210,8 +212,9 @@ class Trainer:
         return z, y
 
     # -- D input pipeline --------------------------------------------------------------------------------------
-    def d_forward(self, x: torch.Tensor, y, rand: GlobalRandom) -> torch.Tensor:
-        """D's logits after augmentation, instance noise and packing (the same pipeline for real and fake)."""
+    def d_forward(self, x: torch.Tensor, y, rand: GlobalRandom, with_class: bool = False):
+        """D's logits after augmentation, instance noise and packing (the same pipeline for real and fake);
+        with_class (an ACGAN D): (logits, class logits)."""
         aug = self.cfg.augment
         if aug.diffaugment or aug.instance_noise.std > 0 or aug.pack > 1:
             from gandist.objectives.augment import prepare_d_input
@@ -219,7 +222,7 @@ class Trainer:
             x, y = prepare_d_input(x, y, aug, self.step, rand)
         if self.cfg.train.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.strategy.net("D")(x, y)
+        return self.strategy.net("D")(x, y, return_class=True) if with_class else self.strategy.net("D")(x, y)
 
     def penalty_context(self, rand: GlobalRandom, **fields) -> PenaltyContext:
         """What penalties see: D through the input pipeline, this step's randomness, a mean over ranks."""
@@ -241,9 +244,12 @@ class Trainer:
                 with s.autocast():
                     with torch.no_grad():
                         fake = s.net("G")(z, y_fake)
-                    real_logits = self.d_forward(x, y, rand)
+                    real_logits, real_class = self.d_forward(x, y, rand, with_class=True) if self.aux else (
+                        self.d_forward(x, y, rand), None)
                     fake_logits = self.d_forward(fake, y_fake, rand)
                     loss = losses.d_loss(self.cfg.loss, real_logits.float(), fake_logits.float())
+                    if real_class is not None:  # ACGAN: D learns the real labels
+                        loss = loss + self._aux_term(sig, "D", real_class, y)
                 ctx = self.penalty_context(rand, D=s.module("D"), real=x, real_y=y, fake=fake.detach(), fake_y=y_fake)
                 for p in main:
                     term = p.loss(ctx) * (self.r1_factor if p.name == "r1" else 1.0)
@@ -290,11 +296,14 @@ class Trainer:
                 z, y = self.latents(rand, self.micro)
                 with s.autocast():
                     fake = s.net("G")(z, y)
-                    fake_logits = self.d_forward(fake, y, rand)
+                    fake_logits, fake_class = self.d_forward(fake, y, rand, with_class=True) if self.aux else (
+                        self.d_forward(fake, y, rand), None)
                     real_logits = None
                     if losses.needs_real_in_g_phase(self.cfg.loss):
                         real_logits = self.d_forward(self._micro(real, i), self._micro(real_y, i), rand).float()
                     loss = losses.g_loss(self.cfg.loss, fake_logits.float(), real_logits)
+                    if fake_class is not None:  # ACGAN: G makes samples D classifies as the requested class
+                        loss = loss + self._aux_term(sig, "G", fake_class, y)
                 if main:
                     with s.gathered("G") as G_full:
                         ctx = self.penalty_context(rand, g_forward=s.net("G"), G=G_full, D=s.module("D"), z=z, y=y)
@@ -305,6 +314,11 @@ class Trainer:
                 s.backward(loss, "G", last_micro=i == n - 1)
                 sig.losses["G"] = float(loss.detach())
         self._record_step(sig, "G", s.step("G"))
+
+    def _aux_term(self, sig: Signals, net: str, class_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        term = losses.aux_class_loss(self.cfg.loss, class_logits, y)
+        sig.losses[f"{net}/aux"] = float(term.detach())
+        return term
 
     def _record_step(self, sig: Signals, phase: str, stats) -> None:
         net = phase[0]

@@ -187,6 +187,7 @@ class ExperimentConfig(Section):
         from gandist import config_checks
 
         config_checks.check_auxiliary_d(self)
+        config_checks.check_progressive(self)
         return self
 
     @model_validator(mode="after")

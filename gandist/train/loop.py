@@ -83,6 +83,11 @@ class Trainer:
         if cfg.train.channels_last and self.info.is_image:
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
         self.penalties = build_penalties(cfg.penalties)
+        self.growth = None  # progressive growing (ProGAN): the level and fade-in alpha follow images_seen
+        if getattr(cfg.model, "progressive", None) is not None and cfg.model.progressive.enabled:
+            from gandist.train.growth import Growth
+
+            self.growth = Growth(cfg.model.progressive, self.info.shape[-1])
         # ACGAN: D has a class head (config validation made sure there are labels)
         self.aux = getattr(cfg.model, "d_conditioning", "projection") == "auxiliary" and bool(G.num_classes)
         optim = {"G": lazy_optim(cfg.optim.g, self.penalties, "G"), "D": lazy_optim(cfg.optim.d, self.penalties, "D")}
@@ -335,8 +340,8 @@ class Trainer:
 
     def apply_lr_decay(self) -> None:
         """Set both learning rates for this step (on top of the watchdog's lr_factor), once the decay has begun."""
-        decay = self.lr_decay(self.step)
-        if decay < 1:
+        decay = self.lr_decay(self.step) * (self.growth.lr_scale_at(self.images_seen) if self.growth else 1.0)
+        if decay != 1 or self.growth is not None:
             for net in ("G", "D"):
                 self.strategy.set_lr_scale(net, self.lr_factor * decay)
 
@@ -346,10 +351,15 @@ class Trainer:
         if self.watchdog:
             self.watchdog.before_step(self.step, s)
         sig = Signals(step=self.step)
+        if self.growth is not None:
+            self.growth.begin_step(self.images_seen, cfg.train.batch_size * cfg.optim.d_steps,
+                                   (s.module("G"), s.module("D"), self.G_ema), s)
+            sig.resolution, sig.fade_alpha = self.growth.resolution, self.growth.alpha
         real = real_y = None
         for k in range(cfg.optim.d_steps):
             t0 = time.perf_counter()
             real, real_y = next(self.loader)
+            real = self.growth.fade_reals(real) if self.growth is not None else real
             sig.data_wait += time.perf_counter() - t0
             t1 = time.perf_counter()
             self.d_phase(k, real, real_y, sig)

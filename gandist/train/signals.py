@@ -28,8 +28,14 @@ class Signals:
     ema_distance: float | None = None  # ||EMA - G|| / ||G||
     skipped_samples: int = 0  # cumulative, from the data source
     verdict: str = "ok"  # watchdog verdict after this step: ok, warn, diverged
+    resolution: int | None = None  # progressive growing: the level trained this step (None: not growing)
+    fade_alpha: float | None = None  # progressive growing: the level's fade-in alpha in [0, 1]
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-ready)."""
-        return asdict(self)
+        out = asdict(self)
+        for key in ("resolution", "fade_alpha"):  # only progressive runs carry them
+            if out[key] is None:
+                del out[key]
+        return out
 

@@ -36,7 +36,8 @@ class GrowthLevel(Section):
     """Overrides for one resolution of a progressive run."""
 
     stable_kimg: float | None = Field(None, ge=0, description="Thousands of images at alpha 1 (None: the default).")
-    fade_kimg: float | None = Field(None, ge=0, description="Thousands of images fading this level in (None: the default).")
+    fade_kimg: float | None = Field(None, ge=0, description=(
+        "Thousands of images fading this level in (None: the default)."))
     lr_scale: float = Field(1.0, gt=0, description="Multiplier of both nets' learning rates at this resolution.")
 
 
@@ -74,7 +75,8 @@ class DCGANConfig(_ConditionedD):
     arch: Literal["dcgan"] = "dcgan"
     ch: int = Field(64, gt=0, description="Base channel count (doubles per downsampling in D).")
     spectral_norm: bool = Field(True, description="Spectral norm on D's layers.")
-    progressive: ProgressiveConfig = Field(default_factory=ProgressiveConfig, description="Progressive growing (ProGAN).")
+    progressive: ProgressiveConfig = Field(default_factory=ProgressiveConfig,
+                                           description="Progressive growing (ProGAN).")
 
 
 class ResNetConfig(_ConditionedD):

@@ -6,6 +6,7 @@ Layout under the store's URL:
     step-00001200/manifest.json    written after all files: step, sha256 of each, healthy, config hash, ...
     latest                         the newest step dir's name, written last
     best                           the best step dir's name (evaluation), when any
+    best-ranked.json               the checkpoint.keep_best best steps with their ranking keys, best first
 A checkpoint without a valid manifest (or with a file whose sha256 differs) does not exist: loading skips it with a
 warning and takes the previous valid one.
 
@@ -159,9 +160,9 @@ def check_format(manifest: dict, where: str) -> None:
 class CheckpointStore:
     """Reads and writes checkpoints under one fsspec URL (a local folder is a URL too)."""
 
-    def __init__(self, url: str, keep_last: int = 3, storage_options: dict | None = None):
+    def __init__(self, url: str, keep_last: int = 3, storage_options: dict | None = None, keep_best: int = 1):
         self.url = url.rstrip("/")
-        self.keep_last = keep_last
+        self.keep_last, self.keep_best = keep_last, keep_best
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
@@ -194,6 +195,33 @@ class CheckpointStore:
         """Tag a checkpoint as the best so far (kept by retention)."""
         self._write_atomic(f"{self.root}/best", step_name(step).encode())
 
+    def ranked_best(self) -> list[dict]:
+        """The `best-ranked.json` pointer file: up to keep_best {step, key} entries, best first (key: larger is
+        better, as the evaluator ranks)."""
+        try:
+            with self.fs.open(f"{self.root}/best-ranked.json", "rb") as f:
+                ranked = json.loads(f.read())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return []
+        if not isinstance(ranked, list):
+            return []
+        return [r for r in ranked if isinstance(r, dict) and "step" in r and "key" in r]
+
+    def ranks_among_best(self, key: list) -> bool:
+        """Whether an evaluation ranked `key` earns its checkpoint a place among the keep_best best."""
+        ranked = self.ranked_best()
+        return len(ranked) < self.keep_best or list(key) > list(ranked[-1]["key"])
+
+    def record_best(self, step: int, key: list) -> None:
+        """Enter a checkpoint into `best-ranked.json` (the keep_best best, BigGAN-PyTorch's num_best_copies);
+        the first of them is also the `best` pointer. Retention keeps every listed one."""
+        ranked = [r for r in self.ranked_best() if r["step"] != step] + [{"step": step, "key": list(key)}]
+        ranked = sorted(ranked, key=lambda r: list(r["key"]), reverse=True)[:self.keep_best]
+        self._write_atomic(f"{self.root}/best-ranked.json", json.dumps(ranked).encode())
+        if ranked[0]["step"] == step:
+            self.mark_best(step)
+        self.prune()
+
     def prune(self) -> None:
         """Keep the newest keep_last checkpoints, the newest healthy one and the best one; delete the rest."""
         steps = self.steps()
@@ -206,6 +234,7 @@ class CheckpointStore:
         best = self._pointer("best")
         if best is not None:
             keep.add(best)
+        keep.update(r["step"] for r in self.ranked_best())
         for s in steps:
             if s not in keep:
                 try:

@@ -31,6 +31,10 @@ def add_core_commands(sub) -> None:
     g.add_argument("--out", required=True, help="output PNG")
     g.add_argument("--seed", type=int, default=0, help="noise seed (same seed and checkpoint: same bytes)")
     g.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1: none)")
+    g.add_argument("--truncation-cutoff", type=int, default=None, metavar="K",
+                   help="StyleGAN2: truncate only the first K ws (coarse styles), as stylegan2-ada")
+    g.add_argument("--standing-stats", type=int, default=0, metavar="N",
+                   help="BigGAN-PyTorch's standing statistics: re-estimate G's BN statistics from N forward passes")
     g.add_argument("--class", dest="class_id", type=int, default=None, help="class to generate (conditional G)")
     g.add_argument("--checkpoint", default="latest", help="latest, best or a step number")
     g.set_defaults(func=cmd_generate)
@@ -87,13 +91,18 @@ def format_summary(summary: dict) -> str:
 def cmd_generate(args: argparse.Namespace) -> int:
     from gandist.api import load_run
     from gandist.telemetry.samples import save_png
-    from gandist.train.sampling import render, sample
+    from gandist.train.sampling import render, sample, standing_stats
 
     if args.num < 1:
         raise UserError(f"--num {args.num}: give at least 1 sample")
+    if args.standing_stats < 0:
+        raise UserError(f"--standing-stats {args.standing_stats}: give a number of forward passes (0: off)")
     run = load_run(args.run_dir, args.checkpoint)
     try:
-        x, _ = sample(run.sampler, args.num, args.seed, args.truncation, args.class_id)
+        if args.standing_stats:
+            standing_stats(run.sampler, args.standing_stats, args.seed, args.truncation)
+        x, _ = sample(run.sampler, args.num, args.seed, args.truncation, args.class_id,
+                      truncation_cutoff=args.truncation_cutoff)
     except ValueError as err:
         raise UserError(str(err)) from None
     save_png(args.out, render(x, run.config, f"step {run.step}"))

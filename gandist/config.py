@@ -65,6 +65,9 @@ class EMAConfig(Section):
     enabled: bool = Field(True, description="Keep an EMA copy of G.")
     decay: float = Field(0.999, ge=0, lt=1, description="EMA decay per G step.")
     start_step: int = Field(0, ge=0, description="Copy G into the EMA until this step, then average.")
+    rampup: float | None = Field(None, gt=0, description=(
+        "stylegan2-ada's ema_rampup (it uses 0.05): the EMA half-life in images grows as rampup x images seen "
+        "until it reaches decay's own (None: a fixed decay)."))
 
 
 class TrainConfig(Section):
@@ -77,6 +80,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     channels_last: bool = Field(False, description="Use channels_last memory format for image nets.")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of G.")
+    init_from: str | None = Field(None, description=(
+        "Fine-tune: RUN_DIR_OR_URL[@step|best] whose G, D and G-EMA weights this run starts from (no optimizer "
+        "state, step or data position); the model must match."))
 
 
 class ZeroConfig(Section):
@@ -102,6 +108,9 @@ class CheckpointConfig(Section):
     every: int = Field(500, ge=1, description="Save every k G steps (and at the end).")
     keep_last: int = Field(3, ge=1, description="Checkpoints kept (healthy and best ones are kept too).")
     url: str | None = Field(None, description="fsspec URL for checkpoints (default: RUN_DIR/checkpoints).")
+    keep_best: int = Field(1, ge=1, description=(
+        "Checkpoints kept by evaluation rank (eval.best_metric), listed best first in best-ranked.json; "
+        "BigGAN-PyTorch keeps 5 (num_best_copies)."))
     lease_timeout_s: float = Field(120.0, gt=0, description=(
         "A run dir's lease (one writer per run dir) without a heartbeat for this long is stale and taken over; "
         "the holder refreshes it every lease_timeout_s / 4."))
@@ -176,10 +185,32 @@ class ExperimentConfig(Section):
                 raise ValueError(f"penalties.{i}: weight_clip on a spectrally normalized D (model.arch={arch}) is "
                                  "undone by the normalization; set model.spectral_norm=false (mlp, dcgan, resnet), or "
                                  "keep spectral norm and drop weight_clip")
+            if p.kind == "ortho" and p.net == "d" and strategy_class(self.distributed.strategy).partitions_params:
+                # the D phases hand penalties D's module, whose weights ZeRO-3 holds partitioned
+                raise ValueError(f"penalties.{i}: ortho with net: d needs D's whole weights, which distributed."
+                                 f"strategy={self.distributed.strategy} partitions; use zero2 or ddp, or net: g")
             if p.kind == "path_length" and arch != "stylegan2":
                 raise ValueError(f"penalties.{i}: path_length regularizes StyleGAN2's mapping/synthesis, which "
                                  f"model.arch={arch} does not have; remove it from penalties or use "
                                  "model.arch=stylegan2")
+        return self
+
+    @model_validator(mode="after")
+    def _freeze_d_fits(self) -> "ExperimentConfig":
+        n = self.model.freeze_d
+        if not n:
+            return self
+        if self.distributed.strategy == "zero3":
+            # ZeRO-3 partitions frozen parameters too but keeps no fp32 copy of them, which its checkpoint
+            # consolidation (safe_get_full_fp32_param) reads: a frozen D could not be saved whole
+            raise ValueError("model.freeze_d needs whole frozen weights, which distributed.strategy=zero3 "
+                             "partitions without a master copy; use distributed.strategy=zero2, zero1 or ddp")
+        from gandist.train.finetune import d_block_count  # builds D on the meta device: only with freeze_d
+
+        count = d_block_count(self.model, self.data)
+        if count is not None and n > count:
+            raise ValueError(f"model.freeze_d={n} but the D of model.arch={self.model.arch} at this data.resolution "
+                             f"has {count} blocks; set model.freeze_d to at most {count}")
         return self
 
     @model_validator(mode="after")

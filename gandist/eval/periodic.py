@@ -228,6 +228,10 @@ class Evaluator:
     def load_state_dict(self, state: list | None) -> None:
         self.best = tuple(state) if state else None
 
+    def rank_key(self, metrics: dict) -> list:
+        """The key checkpoint.keep_best ranks checkpoints by (larger is better)."""
+        return list(self._rank_key(metrics))
+
     def is_best(self, metrics: dict) -> bool:
         """True when `metrics` beat every earlier result of this Evaluator (lower FID/KID, more modes, ...)."""
         key = self._rank_key(metrics)

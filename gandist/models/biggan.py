@@ -232,6 +232,14 @@ class Discriminator(nn.Module):
                                            lambda w, k: linear(w, k, sn=True, eps=eps))
         self.num_classes = num_classes
 
+    def freeze_blocks(self) -> list[nn.Module]:
+        """FreezeD's blocks, input side first: each residual or attention block (BigGAN-deep's input conv goes
+        with the first)."""
+        blocks = list(self.blocks)
+        if self.input_conv is not None:
+            blocks[0] = nn.ModuleList([self.input_conv, blocks[0]])
+        return blocks
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, return_class: bool = False):
         """Logits [N] for images x and labels y (projection term when conditional; ACGAN: also class logits)."""
         h = self.input_conv(x) if self.input_conv is not None else x

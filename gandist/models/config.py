@@ -14,6 +14,8 @@ from gandist.configbase import Section
 class _ArchBase(Section):
     z_dim: int = Field(128, gt=0, description="Dimension of the latent vector z.")
     conditional: bool = Field(True, description="Condition on class labels when the data has them.")
+    freeze_d: int = Field(0, ge=0, description="FreezeD (Mo et al. 2020): D's first N blocks (input side) do not "
+                          "train; for fine-tuning from train.init_from (0: none).")
 
 
 class _ConditionedD(_ArchBase):

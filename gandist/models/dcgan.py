@@ -96,6 +96,10 @@ class DCGANDiscriminator(nn.Module):
         self.embed, self.aux = class_heads(cfg, num_classes, width * 16, lambda k, w: embedding(k, w, sn),
                                            lambda w, k: linear(w, k, sn))
 
+    def freeze_blocks(self) -> list[nn.Module]:
+        """FreezeD's blocks, input side first: the input conv, then each strided conv."""
+        return list(self.features)[::2]
+
     def set_growth(self, resolution: int, alpha: float) -> None:
         """Progressive growing: judge images at `resolution` (average-pooled from the input), alpha fading in."""
         self.growth = (int(resolution), float(alpha))

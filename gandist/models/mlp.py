@@ -39,6 +39,10 @@ class MLPDiscriminator(nn.Module):
         layers.append(linear(width, 1, sn))
         self.net = nn.Sequential(*layers)
 
+    def freeze_blocks(self) -> list[nn.Module]:
+        """FreezeD's blocks, input side first: the hidden linear layers (model.freeze_d freezes the first N)."""
+        return list(self.net)[:-1:2]
+
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x.flatten(1)).squeeze(1)
 

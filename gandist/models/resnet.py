@@ -78,6 +78,10 @@ class ResNetDiscriminator(nn.Module):
         self.embed, self.aux = class_heads(cfg, num_classes, ch, lambda k, w: embedding(k, w, sn),
                                            lambda w, k: linear(w, k, sn))
 
+    def freeze_blocks(self) -> list[nn.Module]:
+        """FreezeD's blocks, input side first: the down blocks."""
+        return list(self.blocks)
+
     def forward(self, x, y=None, return_class: bool = False):
         h = F.relu(self.blocks(x)).sum((2, 3))
         return d_output(self.fc, self.embed, self.aux, h, y, return_class)

@@ -42,8 +42,9 @@ class MappingNetwork(nn.Module):
             self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z: torch.Tensor | None, c: torch.Tensor | None, truncation: float = 1.0,
-                update_w_avg: bool = False) -> torch.Tensor:
-        """ws [N, num_ws, w_dim] (or w [N, w_dim] when num_ws is None)."""
+                update_w_avg: bool = False, truncation_cutoff: int | None = None) -> torch.Tensor:
+        """ws [N, num_ws, w_dim] (or w [N, w_dim] when num_ws is None); truncation_cutoff K: only the first K ws
+        are truncated (stylegan2-ada's truncation_cutoff: coarse styles pulled to w_avg, fine ones kept)."""
         parts = []
         if self.z_dim:
             parts.append(normalize_2nd_moment(z))
@@ -59,7 +60,8 @@ class MappingNetwork(nn.Module):
             return x
         x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
         if truncation != 1.0:
-            x = self.w_avg.to(x.dtype).lerp(x, truncation)
+            k = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            x = torch.cat([self.w_avg.to(x.dtype).lerp(x[:, :k], truncation), x[:, k:]], dim=1)
         return x
 
 
@@ -144,9 +146,11 @@ class Generator(nn.Module):
             raise ValueError("this StyleGAN2 G is conditional: pass class labels y")
         return nn.functional.one_hot(y.long(), self.num_classes).float()
 
-    def mapping(self, z: torch.Tensor, y: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
+    def mapping(self, z: torch.Tensor, y: torch.Tensor | None = None, truncation: float = 1.0,
+                truncation_cutoff: int | None = None) -> torch.Tensor:
         """ws [N, num_ws, w_dim]; updates w_avg in training mode."""
-        return self.map(z, self._onehot(y, z.shape[0]), truncation, update_w_avg=self.training)
+        return self.map(z, self._onehot(y, z.shape[0]), truncation, update_w_avg=self.training,
+                        truncation_cutoff=truncation_cutoff)
 
     @staticmethod
     def mix_styles(ws: torch.Tensor, ws2: torch.Tensor, cutoff) -> torch.Tensor:
@@ -154,9 +158,10 @@ class Generator(nn.Module):
         layer = torch.arange(ws.shape[1], device=ws.device)
         return torch.where((layer >= cutoff)[None, :, None], ws2, ws)  # a mask, not a slice: no graph break
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None, truncation: float = 1.0,
+                truncation_cutoff: int | None = None) -> torch.Tensor:
         """Images [N, C, H, W] from z [N, z_dim]; in training, style mixing with probability style_mixing_prob."""
-        ws = self.mapping(z, y, truncation)
+        ws = self.mapping(z, y, truncation, truncation_cutoff)
         if self.training and self.style_mixing_prob > 0:
             # as stylegan2-ada: cutoff in [1, num_ws), or num_ws (no mixing) with probability 1 - p; torch RNG
             cutoff = torch.randint(1, self.num_ws, (), device=z.device)
@@ -207,6 +212,10 @@ class Discriminator(nn.Module):
         self.conv = EqualizedConv2d(ch4 + 1, ch4, 3, activation="lrelu", conv_clamp=cfg.conv_clamp)
         self.fc = EqualizedLinear(ch4 * 16, ch4, activation="lrelu")
         self.out = EqualizedLinear(ch4, max(self.cmap_dim, 1))
+
+    def freeze_blocks(self) -> list[nn.Module]:
+        """FreezeD's blocks, input side first: the resolution blocks (stylegan2-ada's --freezed counts them so)."""
+        return list(self.blocks)
 
     def forward(self, img: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [N]."""

@@ -94,10 +94,11 @@ class PathLengthConfig(_PenaltyBase):
 
 
 class OrthoConfig(_PenaltyBase):
-    """BigGAN orthogonal regularization of G's weights (off-diagonal only)."""
+    """BigGAN orthogonal regularization of G's (or D's) weights (off-diagonal only)."""
 
     kind: Literal["ortho"] = Field("ortho", description="Selects this penalty in the penalties list.")
     weight: float = Field(1e-4, ge=0, description="beta.")
+    net: Literal["g", "d"] = Field("g", description="The net regularized: g (BigGAN's G_ortho) or d (its D_ortho).")
 
 
 PenaltyConfig = Annotated[

@@ -46,11 +46,14 @@ class Penalty:
     name: str = "penalty"
     net: str = "D"
     double_backward: bool = False  # its loss holds a gradient (autograd.grad, create_graph): ZeRO-3 refuses it
+    # the watchdog's penalty mitigation (watchdog.mitigation.r1_scale) multiplies weight_scale after a rollback
+    mitigated: bool = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.weight = float(cfg.weight)
         self.every = int(cfg.every)
+        self.weight_scale = 1.0  # the loop multiplies loss(ctx) by it (set from the loop's checkpointed r1_factor)
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         """The weighted penalty term."""
@@ -150,6 +153,7 @@ class R1(Penalty):
 
     name = "r1"
     double_backward = True
+    mitigated = True
 
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
         self._need(ctx, "real")
@@ -239,14 +243,18 @@ class PathLength(Penalty):
 
 
 class Ortho(Penalty):
-    """BigGAN orthogonal regularization of G: beta * sum ||W^T W * (1 - I)||_F^2 (gandist.nn.ortho)."""
+    """BigGAN orthogonal regularization of G or D (`net`): beta * sum ||W^T W * (1 - I)||_F^2 (gandist.nn.ortho)."""
 
     name = "ortho"
     net = "G"
 
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.net = getattr(cfg, "net", "g").upper()  # the loop runs a penalty in its net's phase
+
     def loss(self, ctx: PenaltyContext) -> torch.Tensor:
-        self._need(ctx, "G")
+        self._need(ctx, self.net)
         from gandist.nn.ortho import ortho_penalty  # written with the BigGAN layers; imported when used
 
-        value = ortho_penalty(ctx.G, self.weight)
+        value = ortho_penalty(ctx.G if self.net == "G" else ctx.D, self.weight)
         return value

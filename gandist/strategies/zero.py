@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO 1/2/3 with two engines, one per net (`distributed.strategy: zero1 | zero2 | zero3`).
 
-Pitfalls handled here (each has a test in tests/distributed/):
+Pitfalls handled here (each has a test in tests/strategies/ or tests/distributed/):
 - DeepSpeed#399: G's backward runs through D; unless D's parameters are frozen during the G phase, D's engine
   collects stray gradients. `phase()` freezes the other net.
 - #4923 / DeepSpeedExamples#193 (the GAN example failing at ZeRO-2/3): the engines' own micro-step counters assume
@@ -299,11 +299,15 @@ class ZeroStrategy(DistributedBase, Strategy):
             params, buffers = dict(module.named_parameters()), dict(module.named_buffers())
             step = self._adam_step(n)
             weights, moments = {}, {}
+            stepped = {id(p) for p in self.trainable[n]}
             for key, kind in _state_keys(module):
                 if kind == "buffer":
                     weights[key] = buffers[key].detach().cpu().clone()
                     continue
                 p = params[key]
+                if id(p) not in stepped:  # frozen (model.freeze_d): whole on every rank, no fp32 copy, no moments
+                    weights[key] = p.detach().cpu().clone()
+                    continue
                 shape = tuple(getattr(p, "ds_shape", p.shape))
                 weights[key] = safe_get_full_fp32_param(p).reshape(shape).cpu().to(p.dtype).clone()
                 if step is not None:
@@ -339,11 +343,15 @@ class ZeroStrategy(DistributedBase, Strategy):
             _check_keys(n, module, weights)
             if moments:
                 self._ensure_adam_state(n, float(next(iter(moments.values()))["step"]))
+            stepped = {id(p) for p in self.trainable[n]}
             for key, kind in _state_keys(module):
                 if kind == "buffer":
                     buffers[key].data.copy_(weights[key])
                     continue
                 p, value = params[key], weights[key].to(self.device).float()
+                if id(p) not in stepped:  # frozen: the optimizer holds no copy of it (ZeRO-3 is refused with it)
+                    p.data.copy_(value.to(p.dtype))
+                    continue
                 self._set_full(p, value)
                 if self.stage < 3:
                     p.data.copy_(value.to(p.dtype))  # ZeRO-1/2 keep a full low-precision copy on every rank

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -12,6 +13,17 @@ def make_ema(G: nn.Module) -> nn.Module:
     ema = copy.deepcopy(G).eval()
     ema.requires_grad_(False)
     return ema
+
+
+def ramped_decay(decay: float, batch: int, images_seen: int, rampup: float | None) -> float:
+    """The EMA decay of this step under stylegan2-ada's ema_rampup: the half-life in images is decay's own,
+    batch * ln(0.5) / ln(decay), capped at rampup * images_seen, so early G steps are averaged over a short past.
+    Without rampup (or with decay 0) it is decay."""
+    if not rampup or decay <= 0:
+        return decay
+    half_life = batch * math.log(0.5) / math.log(decay)
+    ramped = min(half_life, images_seen * rampup)
+    return 0.5 ** (batch / ramped) if ramped > 0 else 0.0
 
 
 @torch.no_grad()

@@ -4,15 +4,60 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
 
 from gandist.randomness import stream_seed
 from gandist.telemetry import samples as png
 
 
+def truncation_kwargs(G, truncation: float, cutoff: int | None) -> dict:
+    """G's keyword arguments for truncation psi, and (StyleGAN2) the number of ws it applies to."""
+    kwargs = {"truncation": truncation} if truncation != 1.0 else {}
+    if cutoff is not None:
+        num_ws = getattr(G, "num_ws", None)
+        if num_ws is None:
+            raise ValueError("--truncation-cutoff: only a StyleGAN2 G has per-layer ws to truncate; drop the flag")
+        if not 1 <= cutoff <= num_ws:
+            raise ValueError(f"--truncation-cutoff {cutoff}: this G has {num_ws} ws; give 1..{num_ws}")
+        if kwargs:
+            kwargs["truncation_cutoff"] = cutoff
+    return kwargs
+
+
+@torch.no_grad()
+def standing_stats(G, passes: int, seed: int, truncation: float = 1.0, device: torch.device | str = "cpu",
+                   batch: int = 64) -> None:
+    """BigGAN-PyTorch's standing statistics: G's BN running statistics re-estimated as the plain average over
+    `passes` forward passes of `batch` fresh latents (momentum None), for sampling in eval mode. Only the BN layers
+    are put in training mode: spectral norm's power iteration and StyleGAN2's w_avg stay as trained."""
+    bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError("--standing-stats: this generator has no batch norm (BigGAN, dcgan and resnet have); "
+                         "drop the flag")
+    was_training = G.training
+    G.eval()
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the passes
+        bn.train()
+    generator = torch.Generator().manual_seed(stream_seed("standing", seed))
+    kwargs = {"truncation": truncation} if truncation != 1.0 else {}
+    for _ in range(passes):
+        z = torch.randn(batch, G.z_dim, generator=generator).to(device)
+        y = torch.randint(G.num_classes, (batch,), generator=generator).to(device) if G.num_classes else None
+        G(z, y, **kwargs)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    G.train(was_training)
+
+
 @torch.no_grad()
 def sample(G, num: int, seed: int, truncation: float = 1.0, class_id: int | None = None,
-           device: torch.device | str = "cpu", batch: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+           device: torch.device | str = "cpu", batch: int = 256,
+           truncation_cutoff: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """num samples from G with z ~ N(0, I) drawn from `seed` (same seed, same weights: same samples)."""
+    kwargs = truncation_kwargs(G, truncation, truncation_cutoff)
     generator = torch.Generator().manual_seed(stream_seed("sample", seed))
     z = torch.randn(num, G.z_dim, generator=generator)
     y = None
@@ -29,7 +74,6 @@ def sample(G, num: int, seed: int, truncation: float = 1.0, class_id: int | None
     for i in range(0, num, batch):
         zi = z[i:i + batch].to(device)
         yi = y[i:i + batch].to(device) if y is not None else None
-        kwargs = {"truncation": truncation} if truncation != 1.0 else {}
         out.append(G(zi, yi, **kwargs).float().cpu())
     G.train(was_training)
     return torch.cat(out), y

@@ -120,9 +120,10 @@ class Checkpointer:
         url = s.broadcast_object(url)
         return Saved(url, healthy, time.perf_counter() - t0)
 
-    def mark_best(self, step: int) -> None:
+    def mark_best(self, step: int, key: list | None = None) -> None:
+        """Rank 0: rank this step's checkpoint among the keep_best best (key given), else tag it best."""
         if self.strategy.rank == 0:
-            self.store.mark_best(step)
+            self.store.record_best(step, key) if key is not None else self.store.mark_best(step)
 
     # -- restore ---------------------------------------------------------------------------------------------
     def _load_agreed(self, **kwargs):

@@ -55,15 +55,16 @@ class Watchdog:
         self._ema_distance: float | None = None
 
     # -- fault injection ------------------------------------------------------------------------------------------
-    def before_step(self, step: int, strategy) -> None:
-        """Inject the configured fault at cfg.inject.step (once, or on every replay when inject.repeat)."""
+    def before_step(self, step: int, strategy, lr) -> None:
+        """Inject the configured fault at cfg.inject.step (once, or on every replay when inject.repeat).
+
+        `lr`: the learning rates' owner (gandist/train/lr.py), whose override() an lr spike calls."""
         inject = self.cfg.inject
         if inject.kind == "none" or step != inject.step or (self.injected and not inject.repeat):
             return
         self.injected = True
         if inject.kind == "lr_spike":
-            for net in ("G", "D"):
-                strategy.set_lr_scale(net, inject.factor)
+            lr.override(inject.factor)
             return
         with torch.no_grad():
             weights = [p for p in strategy.module("D").parameters() if p.numel() > 0 and p.is_floating_point()]

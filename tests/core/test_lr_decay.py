@@ -21,10 +21,10 @@ def test_lr_is_constant_then_decays_linearly(tmp_path):
     cfg = load_config(None, TOY + ["train.steps=20", "optim.g.lr=1e-3", "optim.d.lr=4e-3"])
     trainer = Trainer(cfg, str(tmp_path / "run"))
     try:
-        assert [trainer.lr_decay(t) for t in (0, 9, 10, 15, 19)] == [1.0, 1.0, 1.0, 0.5, 0.1]
+        assert [trainer.lr.decay(t) for t in (0, 9, 10, 15, 19)] == [1.0, 1.0, 1.0, 0.5, 0.1]
         seen = []
         while trainer.step < cfg.train.steps:
-            trainer.apply_lr_decay()
+            trainer.lr.apply(trainer.step)
             seen.append(_lrs(trainer))
             trainer.train_step()
         assert seen[9] == pytest.approx((1e-3, 4e-3)) and seen[15] == pytest.approx((5e-4, 2e-3))

@@ -1,6 +1,8 @@
 """The command line as a user runs it: python -m gandist ..."""
 import os
 
+import pytest
+
 
 def test_train_then_generate_is_byte_identical_for_the_same_seed(tmp_path, cli):
     cli("train", "configs/toy_ring8_tiny.yaml", "--set", "train.steps=4", "--set", "checkpoint.every=2",
@@ -57,3 +59,16 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, repo):
     assert len(steps) == 1 and 3 <= steps[0] < 1000
     events = [json.loads(line) for line in open(tmp_path / "events.jsonl")]
     assert events[-1]["event"] == "checkpoint" and events[-1]["step"] == steps[0]
+
+
+@pytest.mark.slow  # four CLI processes: ~40 s on 2 cores
+def test_generate_with_standing_stats_and_a_refused_truncation_cutoff(tmp_path, cli):
+    cli("train", "configs/demo_digits.yaml", "--set", "train.steps=2", "--set", "model.ch=8", "--set",
+        "data.resolution=8", "--set", "telemetry.sample_every=0", "--set", "telemetry.progress=false",
+        "--run-dir", tmp_path / "run")
+    cli("generate", tmp_path / "run", "--num", "20", "--out", tmp_path / "plain.png")
+    cli("generate", tmp_path / "run", "--num", "20", "--standing-stats", "4", "--out", tmp_path / "standing.png")
+    assert (tmp_path / "plain.png").read_bytes() != (tmp_path / "standing.png").read_bytes()
+    proc = cli("generate", tmp_path / "run", "--truncation", "0.7", "--truncation-cutoff", "2", "--out",
+               tmp_path / "x.png", check_rc=2)
+    assert "--truncation-cutoff: only a StyleGAN2 G" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

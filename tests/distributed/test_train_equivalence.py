@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import gandist
-from distributed_testutil import gandist as run_gandist
-from distributed_testutil import torchrun
+from distkit import gandist as run_gandist
+from distkit import torchrun
 
 from closeness import MODEL_RTOL, compare_state
 

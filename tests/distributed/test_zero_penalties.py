@@ -16,8 +16,8 @@ import json
 import pytest
 
 import gandist
-from distributed_testutil import gandist as run_gandist
-from distributed_testutil import torchrun
+from distkit import gandist as run_gandist
+from distkit import torchrun
 
 from closeness import compare_state
 

@@ -12,7 +12,7 @@ from gandist.watchdog import VERDICTS, Action, Mitigation, Watchdog, WatchdogGav
 
 
 class Nets:
-    """Just enough of a Strategy for before_step: module() and set_lr_scale() on real modules."""
+    """Just enough of a Strategy and an lr owner for before_step: module() on real modules, override()."""
 
     def __init__(self):
         torch.manual_seed(0)
@@ -23,8 +23,8 @@ class Nets:
     def module(self, name):
         return {"G": self.G, "D": self.D}[name]
 
-    def set_lr_scale(self, name, scale):
-        self.lr_scale[name] = scale
+    def override(self, scale):
+        self.lr_scale = {"G": scale, "D": scale}
 
 
 def make(*overrides):
@@ -141,25 +141,25 @@ def test_rollbacks_outside_the_window_do_not_count():
 def test_inject_lr_spike_once_even_when_the_step_is_replayed():
     nets = Nets()
     wd = make("watchdog.inject.kind=lr_spike", "watchdog.inject.step=7", "watchdog.inject.factor=50")
-    wd.before_step(6, nets)
+    wd.before_step(6, nets, nets)
     assert nets.lr_scale == {"G": 1.0, "D": 1.0}
-    wd.before_step(7, nets)
+    wd.before_step(7, nets, nets)
     assert nets.lr_scale == {"G": 50.0, "D": 50.0}
     nets.lr_scale = {"G": 0.5, "D": 0.5}  # the loop's mitigation after a rollback
-    wd.before_step(7, nets)
+    wd.before_step(7, nets, nets)
     assert nets.lr_scale == {"G": 0.5, "D": 0.5}
 
 
 def test_inject_nan_writes_one_nan_and_repeat_reinjects():
     nets = Nets()
     wd = make("watchdog.inject.kind=nan", "watchdog.inject.step=3", "watchdog.inject.repeat=true")
-    wd.before_step(3, nets)
+    wd.before_step(3, nets, nets)
     weights = torch.cat([p.detach().flatten() for p in nets.D.parameters()])
     assert int(torch.isnan(weights).sum()) == 1
     with torch.no_grad():
         for p in nets.D.parameters():
             p.nan_to_num_(0.0)
-    wd.before_step(3, nets)  # repeat: a persistent fault
+    wd.before_step(3, nets, nets)  # repeat: a persistent fault
     assert int(torch.isnan(torch.cat([p.detach().flatten() for p in nets.D.parameters()])).sum()) == 1
 
 
@@ -168,7 +168,7 @@ def test_inject_d_noise_adds_noise_of_the_given_std_to_d_only():
     before_D = [p.detach().clone() for p in nets.D.parameters()]
     before_G = [p.detach().clone() for p in nets.G.parameters()]
     wd = make("watchdog.inject.kind=d_noise", "watchdog.inject.step=0", "watchdog.inject.factor=0.5")
-    wd.before_step(0, nets)
+    wd.before_step(0, nets, nets)
     noise = torch.cat([(p.detach() - b).flatten() for p, b in zip(nets.D.parameters(), before_D)])
     assert float(noise.std()) == pytest.approx(0.5, rel=0.25)  # 65 values
     assert all(torch.equal(p, b) for p, b in zip(nets.G.parameters(), before_G))
@@ -179,7 +179,7 @@ def test_state_dict_round_trip_and_merge_keeps_history():
     wd = make("watchdog.inject.kind=nan", "watchdog.inject.step=2")
     for step in range(1, 5):
         drive(wd, nets, step)
-    wd.before_step(2, nets)
+    wd.before_step(2, nets, nets)
     _, action, _ = drive(wd, nets, 5, healthy_signals(5, loss=float("nan")))
     state = wd.state_dict()
     fresh = make("watchdog.inject.kind=nan", "watchdog.inject.step=2")

@@ -1,4 +1,4 @@
-"""Helpers for the distributed tests: spawn N gloo processes, find free ports, run `gandist` under torchrun."""
+"""Helpers of the multi-process tests: spawn N gloo processes, free ports, `gandist` under torchrun."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch.multiprocessing as mp
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from distributed_testutil import spawn
+from distkit import spawn
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distributed_testutil import spawn
+from distkit import spawn
 
 BATCH, STEPS = 8, 3
 FROZEN = {"G": "0.weight", "D": "0.bias"}  # one frozen tensor per net, in the first layer of each

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distributed_testutil import spawn
+from distkit import spawn
 from closeness import compare_state, matches
 
 pytestmark = pytest.mark.slow

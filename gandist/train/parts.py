@@ -1,0 +1,63 @@
+"""The trainer's optional subsystems (watchdog, telemetry sinks, evaluator) and its checkpointer, built from config.
+
+It exists so that the loop reads as the step and the run: what is built, and which of the run's parts the
+checkpointer saves, is decided here once.
+"""
+from __future__ import annotations
+
+import os
+
+from gandist.checkpoint import CheckpointStore
+from gandist.train.state import Checkpointer, GlobalRng, Part, StatefulList
+
+
+def build_watchdog(cfg, strategy):
+    if not cfg.watchdog.enabled:
+        return None
+    from gandist.watchdog import Watchdog
+
+    return Watchdog(cfg.watchdog, rank=strategy.rank, world_size=strategy.world_size)
+
+
+def build_sinks(cfg, strategy, run_dir: str, is_main: bool) -> list:
+    sinks = []
+    if cfg.telemetry.port:  # 0: no Prometheus endpoint
+        from gandist.telemetry.metrics import MetricsExporter
+
+        sinks.append(MetricsExporter(cfg.telemetry, run=cfg.name, rank=strategy.rank, local_rank=strategy.local_rank))
+    if is_main and cfg.telemetry.tensorboard:
+        from gandist.telemetry.tensorboard import make_tensorboard_sink
+
+        sink = make_tensorboard_sink(run_dir, every=cfg.telemetry.log_every)
+        if sink is not None:
+            sinks.append(sink)
+    return sinks
+
+
+def build_evaluator(cfg, run_dir: str):
+    if not cfg.eval.every:
+        return None
+    from gandist.eval.periodic import Evaluator
+
+    return Evaluator(cfg, run_dir)
+
+
+def build_checkpointer(tr) -> Checkpointer:
+    """The checkpointer of trainer `tr`, handed the run's stateful parts (the trainer's own: its loop counters)."""
+    cfg, info = tr.cfg, tr.info
+    store = CheckpointStore(cfg.checkpoint.url or os.path.join(tr.run_dir, "checkpoints"), cfg.checkpoint.keep_last,
+                            keep_best=cfg.checkpoint.keep_best)
+    return Checkpointer(
+        store, tr.strategy, every=cfg.checkpoint.every, last_step=cfg.train.steps,
+        shared={"G_ema": Part(tr.G_ema), "loop": Part(tr, kept_on_rollback=("rollbacks",)),
+                "penalties": Part(StatefulList(tr.penalties)),
+                "watchdog": Part(tr.watchdog, on_rollback=False),
+                # the best evaluation so far: a resumed run must not tag a worse checkpoint "best"
+                "eval_best": Part(tr.evaluator, on_rollback=False)},
+        per_rank={"data": tr.loader, "rng": GlobalRng()}, fallback={"data": "data0"},
+        constants={"config": cfg.model_dump(mode="json"),
+                   "data_info": {"shape": list(info.shape), "num_classes": info.num_classes,
+                                 "value_range": list(info.value_range)}},
+        meta={"config_hash": cfg.hash(), "strategy": cfg.distributed.strategy, "arch": cfg.model.arch},
+        healthy=tr.watchdog.healthy if tr.watchdog else (lambda step: True),
+        before_save=tr.lease.check if tr.lease is not None else None)

@@ -236,6 +236,15 @@ class ExperimentConfig(Section):
                 f"penalties: {', '.join(twice)} differentiate(s) twice, which DeepSpeed ZeRO-3 cannot do "
                 "(distributed.strategy=zero3 re-partitions the weights the second backward needs); use "
                 "distributed.strategy=zero2 (gradients and optimizer state partitioned, weights whole) or drop them")
+        if not strategy_class(self.distributed.strategy).steps_params_without_grad:
+            partial = [f"penalties.{i}" for i, p in enumerate(self.penalties)
+                       if p.every > 1 and not resolve(PENALTIES, p.kind, "penalties.kind").reaches_every_param]
+            if partial:
+                raise ValueError(
+                    f"{', '.join(partial)}: a lazy (every > 1) {self.penalties[int(partial[0].split('.')[1])].kind} "
+                    f"phase leaves some parameters without a gradient, which distributed.strategy="
+                    f"{self.distributed.strategy} would not step (every other strategy steps them with a zero "
+                    "gradient); use every: 1 for it or distributed.strategy=zero2")
         return self
 
     def to_yaml(self) -> str:

@@ -1,7 +1,9 @@
 """Adversarial losses. Each takes D's logits ([N]) and returns a scalar mean over the batch.
 
 One class per `loss.kind` (names: gandist/registry.py's LOSSES), each with `d(cfg, real, fake)`, `g(cfg, fake, real)`
-and `needs_real_in_g` (whether G's loss compares with D's logits on real samples).
+and `needs_real_in_g` (whether G's loss compares with D's logits on real samples). A loss that uses a statistic of
+the batch (`uses_batch_mean`) also takes `batch_mean`: the strategy's mean over every rank's micro-batch, so that the
+statistic does not depend on the number of ranks.
 """
 from __future__ import annotations
 
@@ -64,22 +66,25 @@ class LeastSquares:
 
 
 class RelativisticAverage:
-    """RaGAN (Jolicoeur-Martineau 2019): each logit is compared with the mean logit of the other set."""
+    """RaGAN (Jolicoeur-Martineau 2019): each logit is compared with the mean logit of the other set, taken over
+    the micro-batch on every rank (`batch_mean`), not each rank's share of it."""
 
     needs_real_in_g = True
+    uses_batch_mean = True
 
     @staticmethod
-    def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        real, fake = real - fake.mean(), fake - real.mean()
+    def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor, batch_mean=torch.mean) -> torch.Tensor:
+        real, fake = real - batch_mean(fake), fake - batch_mean(real)
         if cfg.relativistic_base == "ls":
             return 0.5 * (((real - 1) ** 2).mean() + ((fake + 1) ** 2).mean())  # targets +-1, not LSGAN's 1/0
         return resolve(LOSSES, cfg.relativistic_base, "loss.relativistic_base").d(cfg, real, fake)
 
     @staticmethod
-    def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None,
+          batch_mean=torch.mean) -> torch.Tensor:
         if real is None:
             raise ValueError("loss.kind=relativistic needs D's logits on real samples in the G phase")
-        real, fake = real.detach() - fake.mean(), fake - real.detach().mean()
+        real, fake = real.detach() - batch_mean(fake), fake - batch_mean(real.detach())
         base = cfg.relativistic_base
         if base == "ns":
             return F.softplus(real).mean() + F.softplus(-fake).mean()
@@ -88,14 +93,20 @@ class RelativisticAverage:
         return 0.5 * (((real + 1) ** 2).mean() + ((fake - 1) ** 2).mean())
 
 
-def d_loss(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """D's loss given logits on real and fake samples."""
-    return resolve(LOSSES, cfg.kind, "loss.kind").d(cfg, real, fake)
+def d_loss(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor, batch_mean=torch.mean) -> torch.Tensor:
+    """D's loss given logits on real and fake samples (batch_mean: see the module docstring)."""
+    loss = resolve(LOSSES, cfg.kind, "loss.kind")
+    if getattr(loss, "uses_batch_mean", False):
+        return loss.d(cfg, real, fake, batch_mean=batch_mean)
+    return loss.d(cfg, real, fake)
 
 
-def g_loss(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+def g_loss(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None, batch_mean=torch.mean) -> torch.Tensor:
     """G's loss given logits on fake samples (and on real ones for the relativistic loss)."""
-    return resolve(LOSSES, cfg.kind, "loss.kind").g(cfg, fake, real)
+    loss = resolve(LOSSES, cfg.kind, "loss.kind")
+    if getattr(loss, "uses_batch_mean", False):
+        return loss.g(cfg, fake, real, batch_mean=batch_mean)
+    return loss.g(cfg, fake, real)
 
 
 def needs_real_in_g_phase(cfg: LossConfig) -> bool:

@@ -48,6 +48,7 @@ class Penalty:
     double_backward: bool = False  # its loss holds a gradient (autograd.grad, create_graph): ZeRO-3 refuses it
     # the watchdog's penalty mitigation (watchdog.mitigation.r1_scale) multiplies weight_scale after a rollback
     mitigated: bool = False
+    reaches_every_param: bool = True  # its loss has a gradient path to every parameter of its net
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -247,6 +248,7 @@ class Ortho(Penalty):
 
     name = "ortho"
     net = "G"
+    reaches_every_param = False  # weight matrices only: biases and gains get no gradient from it
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)

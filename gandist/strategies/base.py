@@ -75,6 +75,9 @@ class Strategy(ABC):
     partitions_params: bool = False  # module(name) holds only this rank's slice of the weights (ZeRO-3)
     supports_double_backward: bool = True  # autograd.grad(create_graph=True) through the nets works (not ZeRO-3)
     keeps_master_weights: bool = False  # the optimizer steps its own copy and overwrites module weights from it
+    # a lazy phase whose loss leaves some parameters without a gradient still steps them (with a zero gradient),
+    # as every other phase does; ZeRO-3's partitioned Adam skips a parameter whose gradient never arrived
+    steps_params_without_grad: bool = True
 
     modules: dict[str, nn.Module]
     trainable: dict[str, list[nn.Parameter]]  # each net's parameters that required grad at setup
@@ -147,6 +150,13 @@ class Strategy(ABC):
     @abstractmethod
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """Reduce over ranks in place and return it; op in REDUCE_OPS (sum, max, min, mean)."""
+
+    @abstractmethod
+    def batch_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of `tensor` over this micro-batch on every rank, with gradients flowing to every rank's samples.
+
+        A statistic of the batch inside a loss (the relativistic loss's mean logit) must not depend on how the
+        batch is split across ranks, or training stops being world-size invariant."""
 
     @abstractmethod
     def barrier(self) -> None:

@@ -130,6 +130,13 @@ class DistributedBase:
             tensor.div_(self.world_size)
         return tensor
 
+    def batch_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Mean over every rank's micro-batch (equal sizes); torch.distributed.nn's all_reduce is differentiable: its
+        backward sums each rank's gradient of the mean into the rank whose samples it came from."""
+        from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+        return differentiable_all_reduce(tensor.mean(), group=self.env.group) / self.world_size
+
     def barrier(self) -> None:
         """Wait for every rank."""
         dist.barrier(group=self.env.group)

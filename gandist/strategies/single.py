@@ -46,6 +46,9 @@ class SingleStrategy(TorchOptimizerState, Strategy):
             raise ValueError(f"all_reduce op {op!r} is not one of {', '.join(REDUCE_OPS)}")
         return tensor
 
+    def batch_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.mean()
+
     def barrier(self) -> None:
         pass
 

@@ -410,6 +410,7 @@ class Zero3Strategy(ZeroStrategy):
     stage = 3
     partitions_params = True
     supports_double_backward = False
+    steps_params_without_grad = False
 
 
 _STAGES = {"zero1": Zero1Strategy, "zero2": Zero2Strategy, "zero3": Zero3Strategy}

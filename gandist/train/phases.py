@@ -96,7 +96,7 @@ def d_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
         real_logits, real_class = d_forward(tr, m.real, m.real_y, m.rand, with_class=True) if tr.aux else (
             d_forward(tr, m.real, m.real_y, m.rand), None)
         fake_logits = d_forward(tr, fake, m.y, m.rand)
-        loss = losses.d_loss(tr.cfg.loss, real_logits.float(), fake_logits.float())
+        loss = losses.d_loss(tr.cfg.loss, real_logits.float(), fake_logits.float(), s.batch_mean)
         if real_class is not None:  # ACGAN: D learns the real labels
             loss = loss + aux_term(tr, sig, "D", real_class, m.real_y)
     sig.d_real, sig.d_fake = float(real_logits.detach().mean()), float(fake_logits.detach().mean())
@@ -113,7 +113,7 @@ def g_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
         real_logits = None
         if losses.needs_real_in_g_phase(tr.cfg.loss):
             real_logits = d_forward(tr, m.real, m.real_y, m.rand).float()
-        loss = losses.g_loss(tr.cfg.loss, fake_logits.float(), real_logits)
+        loss = losses.g_loss(tr.cfg.loss, fake_logits.float(), real_logits, s.batch_mean)
         if fake_class is not None:  # ACGAN: G makes samples D classifies as the requested class
             loss = loss + aux_term(tr, sig, "G", fake_class, m.y)
     return loss, {"g_forward": s.net("G"), "D": s.module("D"), "z": m.z, "y": m.y}

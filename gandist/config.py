@@ -249,6 +249,14 @@ class ExperimentConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _techniques_fit(self) -> "ExperimentConfig":
+        from gandist import config_checks
+
+        config_checks.check_auxiliary_d(self)
+        config_checks.check_progressive(self)
+        return self
+
+    @model_validator(mode="after")
     def _zero3_has_no_double_backward(self) -> "ExperimentConfig":
         # ZeRO-3 re-partitions each layer's weights after its forward and gathers them again for the first-order
         # backward only; a gradient penalty differentiates through a gradient (create_graph), and that second

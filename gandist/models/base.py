@@ -4,7 +4,8 @@ Builders: `build(cfg, info, ctx) -> (G, D)` registered in gandist/registry.py.
 - G: nn.Module with attributes `z_dim` and `num_classes` (0: unconditional); `forward(z, y=None) -> x` with x in
   the data's value range and shape [N, *info.shape]. Optional: `forward(z, y, truncation=psi)`; StyleGAN2-like G
   also offers `mapping(z, y) -> ws` and `synthesis(ws) -> x` (path-length regularization uses them).
-- D: nn.Module; `forward(x, y=None) -> logits [N]` (PacGAN: the loop packs inputs before D; D is built with
+- D: nn.Module; `forward(x, y=None) -> logits [N]`; an auxiliary-classifier D (ACGAN) also takes
+  `return_class=True` and returns (logits, class logits [N, K]) (PacGAN: the loop packs inputs before D; D is built with
   `info.shape` channels multiplied by the pack size, see `packed_info`).
 Models are pure torch: no torch.distributed calls; cross-replica BN gets its group via ctx.bn_process_group.
 """
@@ -55,6 +56,27 @@ def projection_logits(linear, embed, h, y):
     if embed is not None and y is not None:
         out = out + (embed(y) * h).sum(1)
     return out
+
+
+def class_heads(cfg, num_classes: int, width: int, make_embed, make_linear):
+    """(projection embedding, auxiliary class head) of a conditional D: one of them per model.d_conditioning."""
+    auxiliary = getattr(cfg, "d_conditioning", "projection") == "auxiliary"
+    if not num_classes:
+        if auxiliary and cfg.conditional:  # labels unknown at config time (an image folder without sub-folders)
+            raise ValueError("model.d_conditioning=auxiliary needs labelled data, but the data has no classes; use "
+                             "one sub-folder per class, or model.d_conditioning=projection")
+        return None, None
+    if auxiliary:
+        return None, make_linear(width, num_classes)
+    return make_embed(num_classes, width), None
+
+
+def d_output(linear, embed, aux, h, y, return_class: bool):
+    """D's logits [N] from pooled features h; with return_class, (logits, class logits [N, K] or None) (ACGAN)."""
+    logits = projection_logits(linear, embed, h, y)
+    if not return_class:
+        return logits
+    return logits, (aux(h) if aux is not None else None)
 
 
 def count_params(module) -> int:

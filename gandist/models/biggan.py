@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gandist.data.base import DataInfo
-from gandist.models.base import BuildContext, conditional_classes, packed_info, projection_logits
+from gandist.models.base import BuildContext, class_heads, conditional_classes, d_output, packed_info
 from gandist.nn.attention import SelfAttention
 from gandist.nn.conditional_bn import ConditionalBatchNorm2d, PlainBatchNorm2d
 from gandist.nn.cross_replica_bn import batch_norm
@@ -228,7 +228,8 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         width = cfg.d_ch * mult[-1]
         self.linear = linear(width, 1, sn=True, eps=eps)
-        self.embed = embedding(num_classes, width, sn=True, eps=eps) if num_classes else None
+        self.embed, self.aux = class_heads(cfg, num_classes, width, lambda k, w: embedding(k, w, sn=True, eps=eps),
+                                           lambda w, k: linear(w, k, sn=True, eps=eps))
         self.num_classes = num_classes
 
     def freeze_blocks(self) -> list[nn.Module]:
@@ -239,13 +240,13 @@ class Discriminator(nn.Module):
             blocks[0] = nn.ModuleList([self.input_conv, blocks[0]])
         return blocks
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [N] for images x and labels y (projection term when conditional)."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, return_class: bool = False):
+        """Logits [N] for images x and labels y (projection term when conditional; ACGAN: also class logits)."""
         h = self.input_conv(x) if self.input_conv is not None else x
         for block in self.blocks:
             h = block(h)
         h = F.relu(h).sum(dim=[2, 3])
-        return projection_logits(self.linear, self.embed, h, y)
+        return d_output(self.linear, self.embed, self.aux, h, y, return_class)
 
 
 def _init_weights(module: nn.Module, ortho: bool) -> None:

@@ -18,6 +18,12 @@ class _ArchBase(Section):
                           "train; for fine-tuning from train.init_from (0: none).")
 
 
+class _ConditionedD(_ArchBase):
+    d_conditioning: Literal["projection", "auxiliary"] = Field(
+        "projection", description="How a conditional D uses labels: projection (Miyato 2018: <embed(y), h> added to "
+        "the logit) or auxiliary (ACGAN, Odena 2017: a class head; cross-entropy weighted by loss.aux_weight).")
+
+
 class MLPConfig(_ArchBase):
     """MLP generator and discriminator for 2-D toy data."""
 
@@ -28,15 +34,54 @@ class MLPConfig(_ArchBase):
     spectral_norm: bool = Field(False, description="Spectral norm on D's linear layers.")
 
 
-class DCGANConfig(_ArchBase):
+class GrowthLevel(Section):
+    """Overrides for one resolution of a progressive run."""
+
+    stable_kimg: float | None = Field(None, ge=0, description="Thousands of images at alpha 1 (None: the default).")
+    fade_kimg: float | None = Field(None, ge=0, description=(
+        "Thousands of images fading this level in (None: the default)."))
+    lr_scale: float = Field(1.0, gt=0, description="Multiplier of both nets' learning rates at this resolution.")
+
+
+class ProgressiveConfig(Section):
+    """Progressive growing (ProGAN, Karras et al. 2018): G and D start at start_resolution and double to the data's.
+
+    Each new resolution fades in over fade_kimg thousand images (alpha 0 -> 1, derived from images seen), then
+    trains stable_kimg; the first level has no fade and the last stays stable to the end of the run.
+    """
+
+    enabled: bool = Field(False, description="Grow G and D from start_resolution to the data's resolution.")
+    start_resolution: int = Field(8, description="First resolution (a power of two the arch builds: dcgan >= 8).")
+    stable_kimg: float = Field(4.0, ge=0, description="Thousands of images per resolution at alpha 1.")
+    fade_kimg: float = Field(4.0, ge=0, description="Thousands of images fading each new resolution in.")
+    levels: dict[int, GrowthLevel] = Field(default_factory=dict, description=(
+        "Per-resolution overrides, e.g. {32: {stable_kimg: 8, lr_scale: 0.5}}."))
+    reset_optim: bool = Field(False, description=(
+        "Clear both nets' Adam moments when a new resolution starts fading in (StyleGAN1's reset_opt_for_new_lod)."))
+
+    @model_validator(mode="after")
+    def _buildable_start(self) -> "ProgressiveConfig":
+        r = self.start_resolution
+        if self.enabled and (r < 8 or r & (r - 1)):
+            raise ValueError(f"model.progressive.start_resolution={r}: dcgan's smallest stage is 8 px and each "
+                             "stage doubles; use 8, 16 or 32 (below the data's resolution)")
+        bad = [k for k in self.levels if k < 8 or k & (k - 1)]
+        if bad:
+            raise ValueError(f"model.progressive.levels: {bad} are not resolutions a level can have (8, 16, 32, 64)")
+        return self
+
+
+class DCGANConfig(_ConditionedD):
     """DCGAN-style conv nets for 16-64 px images (BN in G, optional SN in D, projection D when conditional)."""
 
     arch: Literal["dcgan"] = "dcgan"
     ch: int = Field(64, gt=0, description="Base channel count (doubles per downsampling in D).")
     spectral_norm: bool = Field(True, description="Spectral norm on D's layers.")
+    progressive: ProgressiveConfig = Field(default_factory=ProgressiveConfig,
+                                           description="Progressive growing (ProGAN).")
 
 
-class ResNetConfig(_ArchBase):
+class ResNetConfig(_ConditionedD):
     """SNGAN-style ResNet pair for 16-64 px images (G conditioned by a class embedding added to z, projection D)."""
 
     arch: Literal["resnet"] = "resnet"
@@ -45,7 +90,7 @@ class ResNetConfig(_ArchBase):
     sn_g: bool = Field(False, description="Spectral norm in G too.")
 
 
-class BigGANConfig(_ArchBase):
+class BigGANConfig(_ConditionedD):
     """BigGAN / BigGAN-deep (Brock et al. 2019) as configured in BigGAN-PyTorch."""
 
     arch: Literal["biggan", "biggan_deep"] = "biggan"

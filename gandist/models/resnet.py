@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gandist.models.base import BuildContext, projection_logits, small_image_pair_dims
+from gandist.models.base import BuildContext, class_heads, d_output, small_image_pair_dims
 from gandist.models.dcgan import _stages
 from gandist.nn.cross_replica_bn import batch_norm
 from gandist.nn.spectral_norm import conv2d, embedding, linear
@@ -70,24 +70,26 @@ class ResNetGenerator(nn.Module):
 class ResNetDiscriminator(nn.Module):
     """Down blocks to 4x4, ReLU, global sum pooling, linear + projection."""
 
-    def __init__(self, ch, resolution, channels, num_classes, sn):
+    def __init__(self, ch, resolution, channels, num_classes, sn, cfg=None):
         super().__init__()
         stages = _stages(resolution)
         self.blocks = nn.Sequential(*[DownBlock(channels if i == 0 else ch, ch, sn, i == 0) for i in range(stages)])
         self.fc = linear(ch, 1, sn)
-        self.embed = embedding(num_classes, ch, sn) if num_classes else None
+        self.embed, self.aux = class_heads(cfg, num_classes, ch, lambda k, w: embedding(k, w, sn),
+                                           lambda w, k: linear(w, k, sn))
 
     def freeze_blocks(self) -> list[nn.Module]:
         """FreezeD's blocks, input side first: the down blocks."""
         return list(self.blocks)
 
-    def forward(self, x, y=None):
+    def forward(self, x, y=None, return_class: bool = False):
         h = F.relu(self.blocks(x)).sum((2, 3))
-        return projection_logits(self.fc, self.embed, h, y)
+        return d_output(self.fc, self.embed, self.aux, h, y, return_class)
 
 
 def build(cfg, info, ctx: BuildContext):
     """ResNet pair for images of shape (C, R, R)."""
     classes, c, res, d_channels = small_image_pair_dims(cfg, info, ctx)
     return (ResNetGenerator(cfg.z_dim, cfg.ch, res, c, classes, cfg.sn_g, ctx.bn_process_group),
-            ResNetDiscriminator(cfg.ch, res, d_channels, classes if ctx.pack == 1 else 0, cfg.spectral_norm))
+            ResNetDiscriminator(cfg.ch, res, d_channels, classes if ctx.pack == 1 else 0, cfg.spectral_norm,
+                                cfg))

@@ -37,6 +37,9 @@ class LossConfig(Section):
     topk: TopKConfig | None = Field(
         None, description="Top-k training (Sinha et al. 2020): G's loss over the best-rated fakes (null: off)."
     )
+    aux_weight: float = Field(1.0, ge=0, description=(
+        "ACGAN (model.d_conditioning=auxiliary): weight of the class cross-entropy, on real labels in D's loss and on "
+        "the sampled labels in G's."))
 
 
 class _PenaltyBase(Section):

@@ -141,3 +141,8 @@ def topk_g_loss(cfg: LossConfig, fake: torch.Tensor, all_fake: list[torch.Tensor
     if not bool(mine.any()):
         return fake.sum() * 0.0  # keeps the graph: data parallelism needs every rank to backpropagate
     return g_loss(cfg, fake[mine]) * (float(mine.sum()) * len(all_fake) / k)
+
+
+def aux_class_loss(cfg: LossConfig, class_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ACGAN's auxiliary term: loss.aux_weight x cross-entropy of D's class head against the labels y."""
+    return cfg.aux_weight * F.cross_entropy(class_logits.float(), y)

@@ -80,6 +80,13 @@ class Trainer:
 
             self.ada = AdaController(cfg.augment.ada, cfg.train.batch_size)
         optim = {n: lazy_optim(getattr(cfg.optim, n.lower()), cfg.optim.impl, self.penalties, n) for n in ("G", "D")}
+        # ACGAN: D has a class head (config validation made sure there are labels)
+        self.aux = getattr(cfg.model, "d_conditioning", "projection") == "auxiliary" and bool(G.num_classes)
+        self.growth = None  # progressive growing (ProGAN): the level and fade-in alpha follow images_seen
+        if getattr(cfg.model, "progressive", None) is not None and cfg.model.progressive.enabled:
+            from gandist.train.growth import Growth
+
+            self.growth = Growth(cfg.model.progressive, self.info.shape[-1])
         # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
         self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
         init_from(cfg, run_dir, s, G, D, self.G_ema)  # fine-tuning: weights only, before any engine copies them
@@ -162,12 +169,17 @@ class Trainer:
         if self.watchdog:
             self.watchdog.before_step(self.step, s, self.lr)
         sig = Signals(step=self.step)
+        if self.growth is not None:
+            self.growth.begin_step(self.images_seen, cfg.train.batch_size * cfg.optim.d_steps,
+                                   (s.module("G"), s.module("D"), self.G_ema), s)
+            sig.resolution, sig.fade_alpha = self.growth.resolution, self.growth.alpha
         real = real_y = None
         for phase in self.phases:
             for k in range(phase.repeat):
                 if phase.name == "D":  # each D step on a new batch; the other phases reuse the last one
                     t0 = time.perf_counter()
                     real, real_y = next(self.loader)
+                    real = self.growth.fade_reals(real) if self.growth is not None else real
                     sig.data_wait += time.perf_counter() - t0
                 t1 = time.perf_counter()
                 run_phase(self, phase, phase.tag(k), real, real_y, sig)
@@ -208,7 +220,7 @@ class Trainer:
         try:
             while self.step < cfg.train.steps:
                 t0 = time.perf_counter()
-                self.lr.apply(self.step)
+                self.lr.apply(self.step, self.growth.lr_scale_at(self.images_seen) if self.growth else None)
                 sig = self.train_step()
                 self.check_health(sig)
                 outputs.publish(self, sig, time.perf_counter() - t0)

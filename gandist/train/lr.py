@@ -22,11 +22,12 @@ class LearningRate:
         """optim.lr_decay_start's multiplier: 1 until that fraction of train.steps, then linear to 0."""
         return 1.0 if step < self.start else (self.steps - step) / (self.steps - self.start)
 
-    def apply(self, step: int) -> None:
-        """Before each step: once the decay has begun, mitigation x decay (until then the scale stays as it is)."""
+    def apply(self, step: int, level_scale: float | None = None) -> None:
+        """Before each step: once the decay has begun, mitigation x decay (until then the scale stays as it is);
+        a progressive run's level_scale (model.progressive.levels' lr_scale) multiplies in at every step."""
         decay = self.decay(step)
-        if decay < 1:
-            self._set(self.mitigation * decay)
+        if decay < 1 or level_scale is not None:
+            self._set(self.mitigation * decay * (1.0 if level_scale is None else level_scale))
 
     def mitigate(self, scale: float) -> None:
         """After a rollback: the mitigation factor is multiplied by `scale` and becomes the lr scale."""

@@ -38,8 +38,9 @@ def latents(tr, rand: GlobalRandom, n: int) -> tuple[torch.Tensor, torch.Tensor 
     return z, y
 
 
-def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom) -> torch.Tensor:
-    """D's logits after augmentation, instance noise and packing (the same pipeline for real and fake)."""
+def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom, with_class: bool = False):
+    """D's logits after augmentation, instance noise and packing (the same pipeline for real and fake);
+    with_class (an ACGAN D): (logits, class logits)."""
     aug = tr.cfg.augment
     if tr.ada is not None:  # before DiffAugment, noise and packing; R1 differentiates w.r.t. x before it
         x = tr.ada.augment(x, rand)
@@ -49,7 +50,14 @@ def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom) -> torch.Tensor:
         x, y = prepare_d_input(x, y, aug, tr.step, rand)
     if tr.cfg.train.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    return tr.strategy.net("D")(x, y)
+    return tr.strategy.net("D")(x, y, return_class=True) if with_class else tr.strategy.net("D")(x, y)
+
+
+def aux_term(tr, sig, net: str, class_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ACGAN: loss.aux_weight x cross-entropy of D's class head against y (logged as NET/aux)."""
+    term = losses.aux_class_loss(tr.cfg.loss, class_logits, y)
+    sig.losses[f"{net}/aux"] = term.detach()  # a device tensor: Signals moves it to the host once a step
+    return term
 
 
 def penalty_context(tr, rand: GlobalRandom, **fields) -> PenaltyContext:
@@ -79,9 +87,12 @@ def d_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
     with s.autocast():
         with torch.no_grad():
             fake = s.net("G")(m.z, m.y)
-        real_logits = d_forward(tr, m.real, m.real_y, m.rand)
+        real_logits, real_class = d_forward(tr, m.real, m.real_y, m.rand, with_class=True) if tr.aux else (
+            d_forward(tr, m.real, m.real_y, m.rand), None)
         fake_logits = d_forward(tr, fake, m.y, m.rand)
         loss = losses.d_loss(tr.cfg.loss, real_logits.float(), fake_logits.float(), s.batch_mean)
+        if real_class is not None:  # ACGAN: D learns the real labels
+            loss = loss + aux_term(tr, sig, "D", real_class, m.real_y)
     sig.d_real, sig.d_fake = real_logits.detach().mean(), fake_logits.detach().mean()  # device tensors
     if tr.ada is not None:
         tr.ada.observe(real_logits)
@@ -95,7 +106,8 @@ def g_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
     s = tr.strategy
     with s.autocast():
         fake = s.net("G")(m.z, m.y)
-        fake_logits = d_forward(tr, fake, m.y, m.rand)
+        fake_logits, fake_class = d_forward(tr, fake, m.y, m.rand, with_class=True) if tr.aux else (
+            d_forward(tr, fake, m.y, m.rand), None)
         real_logits = None
         if losses.needs_real_in_g_phase(tr.cfg.loss):
             real_logits = d_forward(tr, m.real, m.real_y, m.rand).float()
@@ -104,6 +116,8 @@ def g_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
             loss = losses.topk_g_loss(tr.cfg.loss, fake_logits.float(), gathered, s.rank, tr.images_seen)
         else:
             loss = losses.g_loss(tr.cfg.loss, fake_logits.float(), real_logits, s.batch_mean)
+        if fake_class is not None:  # ACGAN: G makes samples D classifies as the requested class
+            loss = loss + aux_term(tr, sig, "G", fake_class, m.y)
     return loss, {"g_forward": s.net("G"), "D": s.module("D"), "z": m.z, "y": m.y}
 
 

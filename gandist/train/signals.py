@@ -47,6 +47,8 @@ class Signals:
     ada_p: float | None = None  # ADA's augmentation probability after this step (None: ADA off)
     ada_rt: float | None = None  # ADA's r_t = E[sign D(real)] at its last adjustment
     verdict: str = "ok"  # watchdog verdict after this step: ok, warn, diverged
+    resolution: int | None = None  # progressive growing: the level trained this step (None: not growing)
+    fade_alpha: float | None = None  # progressive growing: the level's fade-in alpha in [0, 1]
 
     def resolve(self) -> None:
         """Replace every tensor value by its Python number: one stacked device-to-host copy per device."""
@@ -71,5 +73,9 @@ class Signals:
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-ready)."""
-        return asdict(self)
+        out = asdict(self)
+        for key in ("resolution", "fade_alpha"):  # only progressive runs carry them
+            if out[key] is None:
+                del out[key]
+        return out
 

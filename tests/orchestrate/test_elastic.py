@@ -55,7 +55,8 @@ class Cluster:
                              "--dashboard-host", "127.0.0.1",
                              "--temp-dir", self.temp_dir, "--ray-client-server-port", str(free_port())])
         deadline = time.time() + 120
-        while not _listening(self.gcs):
+        # the GCS port opens before the head's raylet has registered; a node joining earlier fails
+        while not (_listening(self.gcs) and "Ray runtime started" in (root / "head.log").read_text()):
             assert self.nodes[0].poll() is None and time.time() < deadline, self.log_tail("head")
             time.sleep(0.5)
 

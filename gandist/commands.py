@@ -21,7 +21,8 @@ def add_core_commands(sub) -> None:
                    help="take the run dir's lease from the process holding it (stop that one first)")
     p.add_argument("--ray", action="store_true", help="run the workers with Ray Train")
     p.add_argument("--address", help="Ray cluster address (with --ray; default: local)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (with --ray)")
+    p.add_argument("--workers", default="1",
+                   help="Ray Train workers (with --ray): N, or MIN:MAX for an elastic group that follows the cluster")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Ray worker (with --ray)")
     p.set_defaults(func=cmd_train)
 

@@ -18,7 +18,8 @@ def add_cli(subparsers) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--ray-address", metavar="URL", help="Ray dashboard URL, e.g. http://127.0.0.1:8265.")
     where.add_argument("--kuberay", action="store_true", help="Render a KubeRay RayJob instead of submitting.")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (one per GPU pod with --kuberay).")
+    p.add_argument("--workers", default="1", help="Ray Train workers (one per GPU pod with --kuberay): N, or "
+                                                 "MIN:MAX for an elastic group (KubeRay: an autoscaling worker group).")
     p.add_argument("--gpus-per-worker", type=float, default=None,
                    help="GPUs per worker (default: 0 for Ray Jobs, 1 for --kuberay).")
     p.add_argument("--run-dir", default=None,
@@ -91,6 +92,7 @@ def _render_kuberay(cfg, args: argparse.Namespace) -> int:
 
     from gandist.errors import UserError
     from gandist.orchestrate.kuberay import KubeRayOptions, render_rayjob, to_yaml
+    from gandist.orchestrate.ray_train import parse_workers
 
     gpus = 1.0 if args.gpus_per_worker is None else args.gpus_per_worker
     if gpus != int(gpus):
@@ -101,8 +103,9 @@ def _render_kuberay(cfg, args: argparse.Namespace) -> int:
         if not sep or not key:
             raise UserError(f"--node-selector {item!r}: expected KEY=VALUE, e.g. nvidia.com/gpu.product=H100")
         selector[key] = value
-    opts = KubeRayOptions(workers=args.workers, gpus_per_worker=int(gpus), namespace=args.namespace,
-                          name=args.name, run_dir=args.run_dir, s3_secret=args.s3_secret, pvc=args.pvc,
+    low, high = parse_workers(args.workers)
+    opts = KubeRayOptions(workers=high, min_workers=low if low < high else None, gpus_per_worker=int(gpus),
+                          namespace=args.namespace, name=args.name, run_dir=args.run_dir, s3_secret=args.s3_secret, pvc=args.pvc,
                           node_selector=selector, ttl_seconds_after_finished=args.ttl)
     if args.image:
         opts.image = args.image

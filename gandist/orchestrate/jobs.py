@@ -65,9 +65,12 @@ def build_runtime_env(cfg: ExperimentConfig, *, working_dir: str | None, pip: li
     return runtime_env
 
 
-def entrypoint(run_dir: str, workers: int, gpus_per_worker: float, force: bool = False) -> str:
+def entrypoint(run_dir: str, workers, gpus_per_worker: float, force: bool = False) -> str:
     """The shell command Ray runs for the job (on the head node, in the runtime_env)."""
-    args = ["python", "-m", "gandist.orchestrate.jobs", "--run-dir", run_dir, "--workers", str(workers),
+    from gandist.orchestrate.ray_train import parse_workers, workers_text
+
+    args = ["python", "-m", "gandist.orchestrate.jobs", "--run-dir", run_dir,
+            "--workers", workers_text(parse_workers(workers)),
             "--gpus-per-worker", str(gpus_per_worker)]
     return shlex.join(args + (["--force"] if force else []))
 
@@ -83,7 +86,7 @@ def client(address: str):
         raise UserError(f"--ray-address {address}: the Ray Jobs API did not answer ({err})") from None
 
 
-def submit(cfg: ExperimentConfig, address: str, *, run_dir: str, workers: int = 1, gpus_per_worker: float = 0,
+def submit(cfg: ExperimentConfig, address: str, *, run_dir: str, workers="1", gpus_per_worker: float = 0,
            working_dir: str | None = None, pip: list[str] | None = None, force: bool = False) -> str:
     """Submit one training job; returns its submission id."""
     from gandist.orchestrate.ray_train import check_worker_request
@@ -166,7 +169,7 @@ def _job_main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m gandist.orchestrate.jobs")
     parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", default="1")  # N or MIN:MAX
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)

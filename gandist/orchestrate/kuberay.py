@@ -25,7 +25,8 @@ class KubeRayOptions:
     """What the cluster looks like: image, worker pods, resources, scheduling and storage."""
 
     image: str = "ghcr.io/gandist/gandist:0.1.0-cuda12.4"
-    workers: int = 1
+    workers: int = 1  # worker pods; with min_workers, the most pods the autoscaler may run
+    min_workers: int | None = None  # set: an elastic job (autoscaling worker group, Ray Train resizes with it)
     gpus_per_worker: int = 1
     cpus_per_worker: int | None = None  # None: 8 per GPU (data loading), 2 for CPU-only pods
     memory_per_worker: str | None = None  # None: 32Gi per GPU, 8Gi for CPU-only pods
@@ -115,6 +116,8 @@ def _prepare(cfg: ExperimentConfig, opts: KubeRayOptions) -> tuple[ExperimentCon
     """Check options; return (config with the exporter on, resource name, run dir, labels)."""
     if opts.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {opts.workers}")
+    if opts.min_workers is not None and not 1 <= opts.min_workers <= opts.workers:
+        raise ValueError(f"--workers {opts.min_workers}:{opts.workers}: need 1 <= MIN <= MAX")
     if opts.gpus_per_worker < 0:
         raise ValueError(f"--gpus-per-worker must be >= 0, got {opts.gpus_per_worker}")
     if opts.workers * max(1, opts.gpus_per_worker) > 1 and cfg.distributed.strategy == "single":
@@ -137,6 +140,10 @@ def cluster_spec(cfg: ExperimentConfig, opts: KubeRayOptions, name: str, run_dir
     config_map = f"{name}-config"
     secret_optional = not _uses_s3(cfg, run_dir)
     gpus = opts.gpus_per_worker
+    elastic = opts.min_workers is not None
+    # an elastic job keeps MIN pods and lets the autoscaler add up to MAX (and replace lost ones); a plain
+    # RayCluster for interactive use autoscales from zero
+    min_replicas = opts.min_workers if elastic else (0 if autoscale else opts.workers)
     ray_metrics = {"name": "metrics", "containerPort": RAY_METRICS_PORT}
     # one exporter per training process at telemetry.port + local rank, named as k8s/monitoring's PodMonitor expects
     rank_ports = [{"name": f"gandist-m{i}", "containerPort": cfg.telemetry.port + i} for i in range(max(1, gpus))]
@@ -151,7 +158,7 @@ def cluster_spec(cfg: ExperimentConfig, opts: KubeRayOptions, name: str, run_dir
     pod_meta = {"labels": dict(labels), "annotations": _metrics_annotations(cfg.telemetry.port)}
     return {
         "rayVersion": RAY_VERSION,
-        "enableInTreeAutoscaling": autoscale,
+        "enableInTreeAutoscaling": autoscale or elastic,
         "headGroupSpec": {
             # the head runs the driver and Ray Train's controller, no training worker
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0",
@@ -161,7 +168,7 @@ def cluster_spec(cfg: ExperimentConfig, opts: KubeRayOptions, name: str, run_dir
         "workerGroupSpecs": [{
             "groupName": "gpu-workers" if gpus else "cpu-workers",
             "replicas": opts.workers,
-            "minReplicas": 0 if autoscale else opts.workers,
+            "minReplicas": min_replicas,
             "maxReplicas": opts.workers,
             "rayStartParams": {"metrics-export-port": str(RAY_METRICS_PORT)},
             "template": {"metadata": pod_meta,
@@ -189,7 +196,10 @@ def render_rayjob(cfg: ExperimentConfig, opts: KubeRayOptions) -> list[dict]:
     prepared, name, run_dir, labels = _prepare(cfg, opts)
     # gandist runs one process per GPU: N pods x G GPUs become N*G Ray Train workers with one GPU each
     gpus = opts.gpus_per_worker
-    ray_workers, per_worker = (opts.workers * gpus, 1) if gpus else (opts.workers, 0)
+    per_pod, per_worker = (gpus, 1) if gpus else (1, 0)
+    ray_workers = str(opts.workers * per_pod)
+    if opts.min_workers is not None and opts.min_workers < opts.workers:
+        ray_workers = f"{opts.min_workers * per_pod}:{ray_workers}"  # Ray Train's elastic group follows the pods
     entrypoint = (f"gandist train {CONFIG_MOUNT}/config.yaml --ray --workers {ray_workers} "
                   f"--gpus-per-worker {per_worker} --run-dir {run_dir}")
     spec: dict = {

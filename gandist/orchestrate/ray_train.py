@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 from gandist.errors import UserError
 from gandist.config import ExperimentConfig
 
+RESIZE_INTERVAL_ENV = "GANDIST_RAY_RESIZE_INTERVAL"  # seconds between Ray's checks for room to grow the group
+DEFAULT_RESIZE_INTERVAL_S = 60.0
 PENDING_TIMEOUT_ENV = "GANDIST_RAY_PENDING_TIMEOUT"  # seconds to wait for Ray to place the worker group
 DEFAULT_PENDING_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 5.0
@@ -58,17 +60,35 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                         f"`ray start --head --port {port}` or fix the address") from None
 
 
-def check_worker_request(cfg: ExperimentConfig, workers: int, gpus_per_worker: float) -> None:
+def parse_workers(text: str | int | tuple) -> tuple[int, int]:
+    """`--workers N` -> (N, N); `--workers MIN:MAX` -> (MIN, MAX), an elastic group Ray resizes between them."""
+    if isinstance(text, tuple):
+        return text
+    lo, sep, hi = str(text).partition(":")
+    try:
+        low, high = int(lo), int(hi if sep else lo)
+    except ValueError:
+        raise UserError(f"--workers {text}: expected a count N or an elastic range MIN:MAX (e.g. 1:4)") from None
+    if low < 1 or high < low:
+        raise UserError(f"--workers must be at least 1 (and MIN <= MAX in a range MIN:MAX), got {text}")
+    return low, high
+
+
+def workers_text(workers: tuple[int, int]) -> str:
+    """(N, N) -> 'N', (MIN, MAX) -> 'MIN:MAX': the form --workers takes."""
+    return str(workers[0]) if workers[0] == workers[1] else f"{workers[0]}:{workers[1]}"
+
+
+def check_worker_request(cfg: ExperimentConfig, workers, gpus_per_worker: float) -> None:
     """Refuse worker requests gandist cannot use well, before anything starts."""
-    if workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    low, workers = parse_workers(workers)
     if not 0 <= gpus_per_worker <= 1:
         # the loop drives one GPU per process (cuda:LOCAL_RANK); a second GPU per worker would sit idle
         raise UserError(f"--gpus-per-worker {gpus_per_worker}: gandist runs one process per GPU; for "
                         f"{workers} x {gpus_per_worker:g} GPUs give --workers {int(workers * gpus_per_worker)} "
                         "--gpus-per-worker 1 (fractions below 1 share a GPU)")
     if workers > 1 and cfg.distributed.strategy == "single":
-        raise UserError(f"--workers {workers} with distributed.strategy=single would train {workers} unsynced "
+        raise UserError(f"--workers {workers_text((low, workers))} with distributed.strategy=single would train {workers} unsynced "
                         "copies; set --set distributed.strategy=ddp (or zero1/zero2/zero3)")
 
 
@@ -146,11 +166,17 @@ def wait_for_placement(workers: int, resources: dict, timeout_s: float) -> None:
         remove_placement_group(pg)
 
 
-def train_with_ray(cfg: ExperimentConfig, run_dir: str, *, address: str | None, workers: int,
+def train_with_ray(cfg: ExperimentConfig, run_dir: str, *, address: str | None, workers,
                    gpus_per_worker: float, force: bool, pending_timeout_s: float | None = None,
                    takeover: bool = False) -> int:
-    """Train `cfg` with `workers` Ray Train workers; returns the exit code (0: finished)."""
-    check_worker_request(cfg, workers, gpus_per_worker)
+    """Train `cfg` with `workers` Ray Train workers (N or (MIN, MAX)); returns the exit code (0: finished).
+
+    An elastic range becomes Ray Train V2's elastic group: Ray starts it as large as the cluster allows, restarts
+    it smaller when a node dies and larger when nodes return (checked every GANDIST_RAY_RESIZE_INTERVAL seconds);
+    each restart resumes gandist's newest checkpoint at the new world size (world-size invariant training).
+    """
+    low, high = parse_workers(workers)
+    check_worker_request(cfg, (low, high), gpus_per_worker)
     if address:
         check_reachable(address)
     if pending_timeout_s is None:
@@ -168,14 +194,17 @@ def train_with_ray(cfg: ExperimentConfig, run_dir: str, *, address: str | None, 
     env_vars = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}  # DeepSpeed picks CUDA otherwise
     if not ray.is_initialized():
         ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None)
-    wait_for_placement(workers, resources, pending_timeout_s)
+    wait_for_placement(low, resources, pending_timeout_s)  # an elastic group starts once MIN workers fit
+    elastic = {} if low == high else {
+        "elastic_resize_monitor_interval_s": float(os.environ.get(RESIZE_INTERVAL_ENV, DEFAULT_RESIZE_INTERVAL_S))}
 
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_dir": experiment_dir, "force": force,
                            "experiment_dir": experiment_dir, "takeover": takeover},
         torch_config=TorchConfig(backend=backend),
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=use_gpu,
+                                     resources_per_worker=resources, **elastic),
         run_config=RunConfig(
             name=name, storage_path=storage_path,
             failure_config=FailureConfig(max_failures=cfg.distributed.max_failures),

@@ -110,6 +110,10 @@ class Trainer:
         resumed = self.ckpt.resume()
         self.event({"event": "start", "resumed_from": resumed, "world_size": s.world_size,
                     "strategy": cfg.distributed.strategy})
+        before = getattr(self.ckpt, "resumed", {}) if resumed is not None else {}
+        if before.get("world_size") not in (None, s.world_size):  # an elastic group (or a user) changed the size
+            self.event({"event": "resize", "from": before["world_size"], "to": s.world_size, "step": resumed,
+                        "checkpoint": before["checkpoint"]})
 
     # -- the loop's own state (the checkpointer's "loop" part) --------------------------------------------------
     def state_dict(self) -> dict:

@@ -86,6 +86,7 @@ class Checkpointer:
         self.constants = constants or {}  # written into shared.pt, never loaded back (config, data_info)
         self.meta = meta or {}  # manifest entries; "arch" is checked on load
         self.healthy, self.before_save = healthy, before_save
+        self.resumed: dict = {}  # set by resume(): the world size and path of the checkpoint resumed from
 
     def due(self, step: int) -> bool:
         """A periodic save: every `checkpoint.every` steps and at the last step."""
@@ -161,6 +162,8 @@ class Checkpointer:
         if ckpt is None:
             return None
         self._apply(ckpt, rollback=False)
+        # what the loop's `resize` event reports: the world size the checkpoint was written at, and where it is
+        self.resumed = {"world_size": ckpt.manifest.get("world_size"), "checkpoint": str(ckpt.path)}
         if self.strategy.rank == 0:
             log.info("resumed from %s", ckpt.path)
         return ckpt.step

@@ -83,3 +83,9 @@ def test_unreachable_dashboard_fails_in_seconds():
                    timeout=60)
     assert proc.returncode == 2 and "no Ray dashboard reachable" in proc.stderr
     assert time.time() - started < 30
+
+
+def test_entrypoint_passes_an_elastic_worker_range_on():
+    from gandist.orchestrate.jobs import entrypoint
+
+    assert "--workers 1:3 " in entrypoint("s3://b/run", "1:3", 0) and "--workers 2 " in entrypoint("r", 2, 0)

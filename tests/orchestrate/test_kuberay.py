@@ -164,6 +164,32 @@ def test_rendered_pods_run_as_non_root_with_credentials_only_from_a_secret():
 
 
 @needs_crds
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_elastic_rayjob_autoscales_between_min_and_max_pods_and_trains_elastic(gpus):
+    cfg = load_config(None, ["distributed.strategy=zero2"])
+    _, rayjob = render_rayjob(cfg, _options(workers=4, min_workers=1, gpus_per_worker=gpus))
+    validate(rayjob)
+    spec = rayjob["spec"]
+    group = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert spec["rayClusterSpec"]["enableInTreeAutoscaling"] is True
+    assert (group["minReplicas"], group["replicas"], group["maxReplicas"]) == (1, 4, 4)
+    # Ray Train's elastic group spans exactly the processes the pods can hold: one per GPU
+    expected = f"--workers {gpus}:{4 * gpus} --gpus-per-worker 1" if gpus else "--workers 1:4 --gpus-per-worker 0"
+    assert expected in spec["entrypoint"]
+
+
+def test_submit_kuberay_cli_renders_an_elastic_worker_range(capsys):
+    from gandist.cli import main
+
+    assert main(["submit", "configs/toy_ring8_tiny.yaml", "--set", "distributed.strategy=ddp", "--kuberay",
+                 "--workers", "2:3", "--gpus-per-worker", "1"]) == 0
+    rayjob = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d and d["kind"] == "RayJob"][0]
+    group = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert (group["minReplicas"], group["maxReplicas"]) == (2, 3)
+    assert "--workers 2:3 " in rayjob["spec"]["entrypoint"]
+
+
+@needs_crds
 def test_rendered_raycluster_validates_and_autoscales_from_zero():
     cluster = render_raycluster(load_config(None, ["distributed.strategy=ddp"]), _options(workers=3))
     validate(cluster)

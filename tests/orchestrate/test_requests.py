@@ -5,7 +5,7 @@ import pytest
 
 from gandist.errors import UserError
 from gandist.config import load_config
-from gandist.orchestrate.ray_train import check_worker_request, split_run_dir
+from gandist.orchestrate.ray_train import check_worker_request, parse_workers, split_run_dir, workers_text
 
 
 @pytest.mark.parametrize("workers,gpus,strategy,message", [
@@ -32,3 +32,20 @@ def test_usable_worker_requests_pass(workers, gpus, strategy):
 ])
 def test_run_dir_becomes_ray_storage_path_and_name(run_dir, expected):
     assert split_run_dir(run_dir) == expected
+
+
+@pytest.mark.parametrize("text,expected", [("3", (3, 3)), ("1:4", (1, 4)), ("2:2", (2, 2))])
+def test_workers_take_a_count_or_an_elastic_range(text, expected):
+    assert parse_workers(text) == expected
+    assert workers_text(expected) == (text if text != "2:2" else "2")
+
+
+@pytest.mark.parametrize("text,message", [("4:2", "MIN <= MAX"), ("0:2", "at least 1"), ("a:b", "MIN:MAX")])
+def test_bad_worker_ranges_are_refused_with_the_fix(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_workers(text)
+
+
+def test_an_elastic_range_on_a_single_strategy_is_refused_by_its_maximum():
+    with pytest.raises(UserError, match="--workers 1:2 with distributed.strategy=single"):
+        check_worker_request(load_config(None, []), "1:2", 0)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 from gandist.errors import UserError, WatchdogGaveUp
 
@@ -42,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C / SIGINT saves a checkpoint (train) or stops --watch: a process started in the background of a
+        # non-interactive shell (`gandist train ... &`, nohup, some CI runners) inherits SIGINT ignored, and Python
+        # then never raises KeyboardInterrupt; give it back its default meaning
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = int(args.func(args) or 0)
     except WatchdogGaveUp as err:  # a UserError too, but its report spans lines

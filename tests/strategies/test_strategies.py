@@ -66,7 +66,7 @@ def train(s, ema, steps: range, log: dict) -> None:
                     fake = s.net("G")(z_d[part])
                 loss = F.softplus(-s.net("D")(real[part])).mean() + F.softplus(s.net("D")(fake)).mean()
                 s.backward(loss, "D", last_micro=i == 1)
-        log.setdefault("D", []).append(s.step("D").grad_norm)
+        log.setdefault("D", []).append(float(s.step("D").grad_norm))  # a device tensor until the host asks
         with s.phase("G"):
             for i in range(2):
                 part = slice(i * micro, (i + 1) * micro)
@@ -74,7 +74,7 @@ def train(s, ema, steps: range, log: dict) -> None:
                 s.backward(loss, "G", last_micro=i == 1)
                 # DeepSpeed#399: G's backward must leave nothing in D (frozen, no grads)
                 assert all(p.grad is None for p in s.module("D").parameters())
-        log.setdefault("G", []).append(s.step("G").grad_norm)
+        log.setdefault("G", []).append(float(s.step("G").grad_norm))  # a device tensor until the host asks
         with s.gathered("G") as G_full, torch.no_grad():
             for pe, p in zip(ema.parameters(), G_full.parameters()):
                 pe.lerp_(p, 0.5)

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from gandist import config_checks
 from gandist.configbase import Section
 from gandist.data.config import DataConfig, Toy2DConfig
 from gandist.errors import ConfigError  # noqa: F401  (raised here; importable from gandist.config as before)
@@ -22,7 +23,6 @@ from gandist.eval.config import EvalConfig
 from gandist.models.config import MLPConfig, ModelConfig
 from gandist.objectives.config import AugmentConfig, LossConfig, PenaltyConfig
 from gandist.optim import ADAM_MOMENTS, AdamConfig, Impl, NetOptimConfig, check_impl  # noqa: F401
-from gandist.strategies import strategy_class
 from gandist.telemetry.config import TelemetryConfig
 from gandist.watchdog.config import WatchdogConfig
 
@@ -137,149 +137,9 @@ class ExperimentConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _pack_divides_batch(self) -> "ExperimentConfig":
-        if self.train.batch_size % self.augment.pack:
-            raise ValueError(
-                f"augment.pack: {self.augment.pack} does not divide train.batch_size {self.train.batch_size}"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _topk_keeps_samples(self) -> "ExperimentConfig":
-        topk = self.loss.topk
-        if topk is None:
-            return self
-        if self.loss.kind == "relativistic":
-            raise ValueError("loss.topk with loss.kind=relativistic: the relativistic G loss compares with the mean "
-                             "real logit, not per fake; use loss.kind=ns, hinge, wasserstein or ls with top-k")
-        micro = self.train.batch_size // self.optim.accumulation  # k is chosen over each global micro-batch
-        if int(topk.min_fraction * micro) < 1:
-            raise ValueError(f"loss.topk.min_fraction={topk.min_fraction} keeps no sample of a global micro-batch of "
-                             f"{micro} (train.batch_size / optim.accumulation); raise loss.topk.min_fraction to at "
-                             f"least {1 / micro:.3g} or the batch size")
-        return self
-
-    @model_validator(mode="after")
-    def _fits_the_data(self) -> "ExperimentConfig":
-        # what the builders and the first step would trip over, said before a run dir is written: toy2d gives 2-D
-        # points, every other source images
-        points = self.data.kind == "toy2d"
-        arch = self.model.arch
-        if points and arch != "mlp":
-            raise ValueError(f"model.arch={arch} needs image data but data.kind=toy2d gives 2-D points; use "
-                             "model.arch=mlp for toy2d, or an image source (data.kind=digits)")
-        if not points and arch == "mlp":
-            raise ValueError(f"model.arch=mlp is for 2-D points but data.kind={self.data.kind} gives images; use "
-                             "data.kind=toy2d, or an image model (model.arch=dcgan, resnet, biggan or stylegan2)")
-        if points and self.augment.diffaugment:
-            raise ValueError(f"augment.diffaugment={self.augment.diffaugment!r} transforms images but data.kind=toy2d "
-                             "gives 2-D points; set augment.diffaugment='' (instance noise and pack do fit points)")
-        if points and self.augment.ada is not None:
-            raise ValueError("augment.ada transforms images (flips, rotations, color) but data.kind=toy2d gives 2-D "
-                             "points; remove augment.ada (instance noise and pack do fit points)")
-        for i, p in enumerate(self.penalties):
-            if p.kind in ("lecam", "zcr") and p.every > 1:
-                raise ValueError(f"penalties.{i}: {p.kind} uses the D and G phases' own logits and has no lazy form "
-                                 f"(every: {p.every}); set every: 1 or drop the key")
-            if p.kind in ("bcr", "cr") and points:
-                raise ValueError(f"penalties.{i}: {p.kind}'s transforms ({p.augment}) need images but data.kind=toy2d "
-                                 "gives 2-D points; remove bcr from penalties (gp, dragan or r1 fit points)")
-            if p.kind == "weight_clip" and p.every > 1:
-                raise ValueError(f"penalties.{i}: weight_clip clamps D's weights after every D step and has no lazy "
-                                 f"form (every: {p.every}); set every: 1 or drop the key")
-            if p.kind == "weight_clip" and strategy_class(self.distributed.strategy).keeps_master_weights:
-                raise ValueError(f"penalties.{i}: weight_clip clamps D's module weights, which distributed.strategy="
-                                 f"{self.distributed.strategy} overwrites from its optimizer's own fp32 copy; use "
-                                 "distributed.strategy=ddp, or a gradient penalty (gp) instead of clipping")
-            if p.kind == "weight_clip" and (arch.startswith("biggan") or getattr(self.model, "spectral_norm", False)):
-                # D divides the clipped weights by their top singular value: the clip bounds nothing
-                raise ValueError(f"penalties.{i}: weight_clip on a spectrally normalized D (model.arch={arch}) is "
-                                 "undone by the normalization; set model.spectral_norm=false (mlp, dcgan, resnet), or "
-                                 "keep spectral norm and drop weight_clip")
-            if p.kind == "ortho" and p.net == "d" and strategy_class(self.distributed.strategy).partitions_params:
-                # the D phases hand penalties D's module, whose weights ZeRO-3 holds partitioned
-                raise ValueError(f"penalties.{i}: ortho with net: d needs D's whole weights, which distributed."
-                                 f"strategy={self.distributed.strategy} partitions; use zero2 or ddp, or net: g")
-            if p.kind == "path_length" and arch != "stylegan2":
-                raise ValueError(f"penalties.{i}: path_length regularizes StyleGAN2's mapping/synthesis, which "
-                                 f"model.arch={arch} does not have; remove it from penalties or use "
-                                 "model.arch=stylegan2")
-        return self
-
-    @model_validator(mode="after")
-    def _freeze_d_fits(self) -> "ExperimentConfig":
-        n = self.model.freeze_d
-        if not n:
-            return self
-        if self.distributed.strategy == "zero3":
-            # ZeRO-3 partitions frozen parameters too but keeps no fp32 copy of them, which its checkpoint
-            # consolidation (safe_get_full_fp32_param) reads: a frozen D could not be saved whole
-            raise ValueError("model.freeze_d needs whole frozen weights, which distributed.strategy=zero3 "
-                             "partitions without a master copy; use distributed.strategy=zero2, zero1 or ddp")
-        from gandist.train.finetune import d_block_count  # builds D on the meta device: only with freeze_d
-
-        count = d_block_count(self.model, self.data)
-        if count is not None and n > count:
-            raise ValueError(f"model.freeze_d={n} but the D of model.arch={self.model.arch} at this data.resolution "
-                             f"has {count} blocks; set model.freeze_d to at most {count}")
-        return self
-
-    @model_validator(mode="after")
-    def _optimizers_fit(self) -> "ExperimentConfig":
-        check_impl(self.optim.impl, {"g": self.optim.g.kind, "d": self.optim.d.kind})
-        strategy = self.distributed.strategy
-        sn = self.model.arch.startswith("biggan") or getattr(self.model, "spectral_norm", False)
-        if self.train.compile and sn:
-            # measured on CPU (torch 2.13, tiny DCGAN): the power iteration's in-place update of the SN buffers
-            # inside the compiled forward breaks the backward ("modified by an inplace operation")
-            raise ValueError(f"train.compile with a spectrally normalized net (model.arch={self.model.arch}): SN's "
-                             "in-place buffer updates break the compiled backward; set model.spectral_norm=false "
-                             "or train.compile=false")
-        if strategy.startswith("zero"):
-            for net in ("g", "d"):
-                kind = getattr(self.optim, net).kind
-                if kind not in ADAM_MOMENTS:
-                    raise ValueError(f"optim.{net}.kind={kind} under distributed.strategy={strategy}: gandist's ZeRO "
-                                     "checkpoints carry Adam's moments only; use kind adam or adamw, or "
-                                     "distributed.strategy=ddp")
-            if self.train.compile:
-                raise ValueError(f"train.compile under distributed.strategy={strategy}: gandist compiles only the "
-                                 "plain nets of single/ddp (ZeRO-3 gathers partitioned weights in forward hooks that "
-                                 "graph capture does not see; ZeRO-1/2 untested); set train.compile=false or use ddp")
-        return self
-
-    @model_validator(mode="after")
-    def _techniques_fit(self) -> "ExperimentConfig":
-        from gandist import config_checks
-
-        config_checks.check_auxiliary_d(self)
-        config_checks.check_progressive(self)
-        return self
-
-    @model_validator(mode="after")
-    def _zero3_has_no_double_backward(self) -> "ExperimentConfig":
-        # ZeRO-3 re-partitions each layer's weights after its forward and gathers them again for the first-order
-        # backward only; a gradient penalty differentiates through a gradient (create_graph), and that second
-        # backward finds the weights it saved partitioned (DeepSpeed fails with a size mismatch)
-        if not self.penalties:
-            return self
-        from gandist.registry import PENALTIES, resolve  # resolving imports torch: only with penalties to ask
-
-        twice = [p.kind for p in self.penalties if resolve(PENALTIES, p.kind, "penalties.kind").double_backward]
-        if twice and not strategy_class(self.distributed.strategy).supports_double_backward:
-            raise ValueError(
-                f"penalties: {', '.join(twice)} differentiate(s) twice, which DeepSpeed ZeRO-3 cannot do "
-                "(distributed.strategy=zero3 re-partitions the weights the second backward needs); use "
-                "distributed.strategy=zero2 (gradients and optimizer state partitioned, weights whole) or drop them")
-        if not strategy_class(self.distributed.strategy).steps_params_without_grad:
-            partial = [f"penalties.{i}" for i, p in enumerate(self.penalties)
-                       if p.every > 1 and not resolve(PENALTIES, p.kind, "penalties.kind").reaches_every_param]
-            if partial:
-                raise ValueError(
-                    f"{', '.join(partial)}: a lazy (every > 1) {self.penalties[int(partial[0].split('.')[1])].kind} "
-                    f"phase leaves some parameters without a gradient, which distributed.strategy="
-                    f"{self.distributed.strategy} would not step (every other strategy steps them with a zero "
-                    "gradient); use every: 1 for it or distributed.strategy=zero2")
+    def _sections_fit(self) -> "ExperimentConfig":
+        """What one section asks of another (gandist/config_checks.py, in order; the first failure is reported)."""
+        config_checks.check_all(self)
         return self
 
     def to_yaml(self) -> str:

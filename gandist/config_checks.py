@@ -1,9 +1,147 @@
-"""Cross-section checks of techniques that span model, data, loss and distribution (ACGAN, progressive growing).
+"""Cross-section checks: what one section asks of another (batch and pack, data and arch, penalties and strategy,
+techniques such as ACGAN and progressive growing).
 
-Kept out of config.py (which stays the sections and their wiring) and free of torch; each raises ValueError with
-one line naming the keys and the fix, which config validation turns into a ConfigError.
+config.py holds the sections and their wiring; `check_all` runs these in order from ExperimentConfig's one
+after-validator. The module stays free of torch at import (a strategy or penalty class is resolved only when a
+config names one that needs asking). Each check raises ValueError with one line naming the keys and the fix, which
+config validation turns into a ConfigError.
 """
 from __future__ import annotations
+
+from gandist.optim import ADAM_MOMENTS, check_impl
+
+
+def check_all(cfg) -> None:
+    """Every cross-section check, in the order a user meets them (the first failing one is reported)."""
+    for check in (check_pack_divides_batch, check_topk_keeps_samples, check_data_fits, check_penalties_fit,
+                  check_freeze_d, check_optimizers, check_auxiliary_d, check_progressive,
+                  check_penalties_fit_strategy):
+        check(cfg)
+
+
+def _strategy(cfg):
+    from gandist.strategies import strategy_class  # resolving imports torch: only for a check that asks
+
+    return strategy_class(cfg.distributed.strategy)
+
+
+def _spectral_norm(cfg) -> bool:
+    return cfg.model.arch.startswith("biggan") or getattr(cfg.model, "spectral_norm", False)
+
+
+def check_pack_divides_batch(cfg) -> None:
+    """PacGAN stacks augment.pack samples into one D input: the batch must split into whole packs."""
+    if cfg.train.batch_size % cfg.augment.pack:
+        raise ValueError(f"augment.pack: {cfg.augment.pack} does not divide train.batch_size {cfg.train.batch_size}")
+
+
+def check_topk_keeps_samples(cfg) -> None:
+    """Top-k G training keeps a fraction of each global micro-batch: at least one sample, of a per-fake loss."""
+    topk = cfg.loss.topk
+    if topk is None:
+        return
+    if cfg.loss.kind == "relativistic":
+        raise ValueError("loss.topk with loss.kind=relativistic: the relativistic G loss compares with the mean "
+                         "real logit, not per fake; use loss.kind=ns, hinge, wasserstein or ls with top-k")
+    micro = cfg.train.batch_size // cfg.optim.accumulation  # k is chosen over each global micro-batch
+    if int(topk.min_fraction * micro) < 1:
+        raise ValueError(f"loss.topk.min_fraction={topk.min_fraction} keeps no sample of a global micro-batch of "
+                         f"{micro} (train.batch_size / optim.accumulation); raise loss.topk.min_fraction to at "
+                         f"least {1 / micro:.3g} or the batch size")
+
+
+def check_data_fits(cfg) -> None:
+    """What the builders and the first step would trip over, said before a run dir is written: toy2d gives 2-D
+    points, every other source images."""
+    points = cfg.data.kind == "toy2d"
+    arch = cfg.model.arch
+    if points and arch != "mlp":
+        raise ValueError(f"model.arch={arch} needs image data but data.kind=toy2d gives 2-D points; use "
+                         "model.arch=mlp for toy2d, or an image source (data.kind=digits)")
+    if not points and arch == "mlp":
+        raise ValueError(f"model.arch=mlp is for 2-D points but data.kind={cfg.data.kind} gives images; use "
+                         "data.kind=toy2d, or an image model (model.arch=dcgan, resnet, biggan or stylegan2)")
+    if points and cfg.augment.diffaugment:
+        raise ValueError(f"augment.diffaugment={cfg.augment.diffaugment!r} transforms images but data.kind=toy2d "
+                         "gives 2-D points; set augment.diffaugment='' (instance noise and pack do fit points)")
+    if points and cfg.augment.ada is not None:
+        raise ValueError("augment.ada transforms images (flips, rotations, color) but data.kind=toy2d gives 2-D "
+                         "points; remove augment.ada (instance noise and pack do fit points)")
+
+
+def check_penalties_fit(cfg) -> None:
+    """Each penalty against the data, the arch and the strategy it would run under."""
+    points = cfg.data.kind == "toy2d"
+    arch = cfg.model.arch
+    for i, p in enumerate(cfg.penalties):
+        if p.kind in ("lecam", "zcr") and p.every > 1:
+            raise ValueError(f"penalties.{i}: {p.kind} uses the D and G phases' own logits and has no lazy form "
+                             f"(every: {p.every}); set every: 1 or drop the key")
+        if p.kind in ("bcr", "cr") and points:
+            raise ValueError(f"penalties.{i}: {p.kind}'s transforms ({p.augment}) need images but data.kind=toy2d "
+                             "gives 2-D points; remove bcr from penalties (gp, dragan or r1 fit points)")
+        if p.kind == "weight_clip" and p.every > 1:
+            raise ValueError(f"penalties.{i}: weight_clip clamps D's weights after every D step and has no lazy "
+                             f"form (every: {p.every}); set every: 1 or drop the key")
+        if p.kind == "weight_clip" and _strategy(cfg).keeps_master_weights:
+            raise ValueError(f"penalties.{i}: weight_clip clamps D's module weights, which distributed.strategy="
+                             f"{cfg.distributed.strategy} overwrites from its optimizer's own fp32 copy; use "
+                             "distributed.strategy=ddp, or a gradient penalty (gp) instead of clipping")
+        if p.kind == "weight_clip" and _spectral_norm(cfg):
+            # D divides the clipped weights by their top singular value: the clip bounds nothing
+            raise ValueError(f"penalties.{i}: weight_clip on a spectrally normalized D (model.arch={arch}) is "
+                             "undone by the normalization; set model.spectral_norm=false (mlp, dcgan, resnet), or "
+                             "keep spectral norm and drop weight_clip")
+        if p.kind == "ortho" and p.net == "d" and _strategy(cfg).partitions_params:
+            # the D phases hand penalties D's module, whose weights ZeRO-3 holds partitioned
+            raise ValueError(f"penalties.{i}: ortho with net: d needs D's whole weights, which distributed."
+                             f"strategy={cfg.distributed.strategy} partitions; use zero2 or ddp, or net: g")
+        if p.kind == "path_length" and arch != "stylegan2":
+            raise ValueError(f"penalties.{i}: path_length regularizes StyleGAN2's mapping/synthesis, which "
+                             f"model.arch={arch} does not have; remove it from penalties or use "
+                             "model.arch=stylegan2")
+
+
+def check_freeze_d(cfg) -> None:
+    """FreezeD: whole frozen weights, and no more blocks frozen than D has."""
+    n = cfg.model.freeze_d
+    if not n:
+        return
+    if _strategy(cfg).partitions_params:
+        # ZeRO-3 partitions frozen parameters too but keeps no fp32 copy of them, which its checkpoint
+        # consolidation (safe_get_full_fp32_param) reads: a frozen D could not be saved whole
+        raise ValueError(f"model.freeze_d needs whole frozen weights, which distributed.strategy="
+                         f"{cfg.distributed.strategy} partitions without a master copy; use distributed.strategy="
+                         "zero2, zero1 or ddp")
+    from gandist.train.finetune import d_block_count  # builds D on the meta device: only with freeze_d
+
+    count = d_block_count(cfg.model, cfg.data)
+    if count is not None and n > count:
+        raise ValueError(f"model.freeze_d={n} but the D of model.arch={cfg.model.arch} at this data.resolution "
+                         f"has {count} blocks; set model.freeze_d to at most {count}")
+
+
+def check_optimizers(cfg) -> None:
+    """Optimizer kinds and kernels, and train.compile, against the nets and the strategy."""
+    check_impl(cfg.optim.impl, {"g": cfg.optim.g.kind, "d": cfg.optim.d.kind})
+    strategy = cfg.distributed.strategy
+    if cfg.train.compile and _spectral_norm(cfg):
+        # measured on CPU (torch 2.13, tiny DCGAN): the power iteration's in-place update of the SN buffers
+        # inside the compiled forward breaks the backward ("modified by an inplace operation")
+        raise ValueError(f"train.compile with a spectrally normalized net (model.arch={cfg.model.arch}): SN's "
+                         "in-place buffer updates break the compiled backward; set model.spectral_norm=false "
+                         "or train.compile=false")
+    if strategy.startswith("zero"):  # the DeepSpeed family (a name test: asking the class would import torch)
+        for net in ("g", "d"):
+            kind = getattr(cfg.optim, net).kind
+            if kind not in ADAM_MOMENTS:
+                raise ValueError(f"optim.{net}.kind={kind} under distributed.strategy={strategy}: gandist's ZeRO "
+                                 "checkpoints carry Adam's moments only; use kind adam or adamw, or "
+                                 "distributed.strategy=ddp")
+        if cfg.train.compile:
+            raise ValueError(f"train.compile under distributed.strategy={strategy}: gandist compiles only the "
+                             "plain nets of single/ddp (ZeRO-3 gathers partitioned weights in forward hooks that "
+                             "graph capture does not see; ZeRO-1/2 untested); set train.compile=false or use ddp")
 
 
 def check_auxiliary_d(cfg) -> None:
@@ -30,11 +168,38 @@ def check_progressive(cfg) -> None:
         raise ValueError(f"model.progressive.start_resolution={grow.start_resolution} is not below data.resolution="
                          f"{final}: nothing would grow; start lower (8) or set model.progressive.enabled=false")
     strategy = cfg.distributed.strategy
-    if strategy == "zero3":
+    if _strategy(cfg).partitions_params:
         # the lower levels' heads and the unused higher stages change from level to level, and ZeRO-3 fetches
         # partitioned weights by a trace of the modules each forward ran; it is not tested with growing nets
-        raise ValueError("model.progressive under distributed.strategy=zero3 is not supported (the layers a forward "
-                         "runs change at every level); use ddp, zero1 or zero2")
+        raise ValueError(f"model.progressive under distributed.strategy={strategy} is not supported (the layers a "
+                         "forward runs change at every level); use ddp, zero1 or zero2")
     if grow.reset_optim and strategy.startswith("zero"):
         raise ValueError(f"model.progressive.reset_optim clears torch Adam's moments, which distributed.strategy="
                          f"{strategy} keeps inside DeepSpeed's partitioned optimizer; use ddp, or reset_optim=false")
+
+
+def check_penalties_fit_strategy(cfg) -> None:
+    """ZeRO-3 re-partitions each layer's weights after its forward and gathers them again for the first-order
+    backward only; a gradient penalty differentiates through a gradient (create_graph), and that second backward
+    finds the weights it saved partitioned (DeepSpeed fails with a size mismatch)."""
+    if not cfg.penalties:
+        return
+    from gandist.registry import PENALTIES, resolve  # resolving imports torch: only with penalties to ask
+
+    strategy = _strategy(cfg)
+    classes = [resolve(PENALTIES, p.kind, "penalties.kind") for p in cfg.penalties]
+    twice = [p.kind for p, cls in zip(cfg.penalties, classes) if cls.double_backward]
+    if twice and not strategy.supports_double_backward:
+        raise ValueError(
+            f"penalties: {', '.join(twice)} differentiate(s) twice, which DeepSpeed ZeRO-3 cannot do "
+            "(distributed.strategy=zero3 re-partitions the weights the second backward needs); use "
+            "distributed.strategy=zero2 (gradients and optimizer state partitioned, weights whole) or drop them")
+    if not strategy.steps_params_without_grad:
+        partial = [i for i, (p, cls) in enumerate(zip(cfg.penalties, classes))
+                   if p.every > 1 and not cls.reaches_every_param]
+        if partial:
+            raise ValueError(
+                f"{', '.join(f'penalties.{i}' for i in partial)}: a lazy (every > 1) {cfg.penalties[partial[0]].kind} "
+                f"phase leaves some parameters without a gradient, which distributed.strategy="
+                f"{cfg.distributed.strategy} would not step (every other strategy steps them with a zero "
+                "gradient); use every: 1 for it or distributed.strategy=zero2")

@@ -44,3 +44,9 @@ def relative_distance(ema: nn.Module, G: nn.Module) -> float:
     norm = torch.stack([b.double().pow(2).sum() for b in G.parameters()]).sum()
     diff, norm = torch.stack([diff, norm]).tolist()
     return (diff / max(norm, 1e-12)) ** 0.5
+
+
+def step_ema(ema: nn.Module, strategy, cfg, batch: int, images_seen: int, step: int) -> None:
+    """The loop's EMA update after a G step: G's full weights (gathered under ZeRO-3) at train.ema's ramped decay."""
+    with strategy.gathered("G") as G_full:
+        update_ema(ema, G_full, ramped_decay(cfg.decay, batch, images_seen, cfg.rampup), step, cfg.start_step)

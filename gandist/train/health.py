@@ -6,10 +6,12 @@ mitigation factor, the mitigated penalties' weight scale; plus a new noise epoch
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
 from gandist.errors import WatchdogGaveUp
+from gandist.fileio import atomic_write_text
 from gandist.report.explain import explain_rollback
 
 log = logging.getLogger("gandist.train")
@@ -57,3 +59,10 @@ def rollback(tr, action) -> None:
     tr.event(record)
     if tr.is_main:  # the same paragraph as the report's rollback panel (gandist/report/explain.py)
         log.warning("watchdog: %s", explain_rollback(record, tr.cfg.model_dump()))
+
+
+def record_gave_up(tr, err: WatchdogGaveUp) -> None:
+    """The gave_up event, and rank 0's watchdog_report.txt in the run dir."""
+    tr.event({"event": "gave_up", "report": err.report})
+    if tr.is_main:
+        atomic_write_text(os.path.join(tr.run_dir, "watchdog_report.txt"), err.report + "\n")

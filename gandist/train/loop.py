@@ -2,7 +2,8 @@
 
 It does not know how many processes there are: everything distributed goes through the Strategy. The phases
 (Dmain x optim.d_steps, Dreg, Gmain, Greg) are data built once; the learning rates have one owner (train/lr.py);
-the watchdog's rollback and mitigation live in train/health.py, the optional subsystems' builders in train/parts.py.
+the watchdog's rollback and mitigation live in train/health.py, the builders of the nets and the optional
+subsystems in train/parts.py, every output channel (sinks, logs, samples, progress bar, summary) in train/outputs.py.
 """
 from __future__ import annotations
 
@@ -15,21 +16,17 @@ import torch
 from gandist.data.base import micro_batch_size
 from gandist.data.sources import build_source
 from gandist.errors import WatchdogGaveUp
-from gandist.fileio import atomic_write_text
-from gandist.models.base import BuildContext
 from gandist.objectives.penalties import build_penalties
+from gandist.optim import lazy_optim
 from gandist.randomness import stream_seed
-from gandist.registry import ARCHS, resolve
 from gandist.strategies import build_strategy
 from gandist.train import ema as ema_lib
 from gandist.train import health, outputs, parts
-from gandist.train.finetune import freeze_d, init_from
 from gandist.train.device_setup import configure_device
-from gandist.train.lease import acquire_run_lease
+from gandist.train.finetune import freeze_d, init_from
 from gandist.train.lr import LearningRate
-from gandist.optim import lazy_optim
 from gandist.train.phases import build_phases, run_phase
-from gandist.train.rundir import JsonlWriter, check_run_dir, write_run_config
+from gandist.train.rundir import JsonlWriter, claim_run_dir
 from gandist.train.signals import Signals, nonfinite_count
 
 log = logging.getLogger("gandist.train")
@@ -58,35 +55,17 @@ class Trainer:
         # the data is opened before the run dir is written: a wrong data path leaves nothing behind
         self.source = build_source(cfg.data)
         self.info = self.source.info
-        if self.is_main:
-            check_run_dir(cfg, run_dir, force)
-            # one writer per run dir: the lease is taken before the first file is written (a refusal changes nothing)
-            self.lease = acquire_run_lease(cfg, run_dir, takeover=takeover, owner=lease_owner)
-            write_run_config(cfg, run_dir)
+        if self.is_main:  # one writer per run dir: its lease, taken before the first file is written
+            self.lease = claim_run_dir(cfg, run_dir, force=force, takeover=takeover, owner=lease_owner)
         s.barrier()
 
-        group = s.process_group if cfg.distributed.cross_replica_bn else None
-        if cfg.distributed.cross_replica_bn and s.world_size == 1 and self.is_main:
-            log.warning("distributed.cross_replica_bn with one process: plain batch norm statistics are used")
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        G, D = resolve(ARCHS, cfg.model.arch, "model.arch")(cfg.model, self.info,
-                                                               BuildContext(group, cfg.augment.pack))
-        if cfg.train.channels_last and self.info.is_image:
-            G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+        G, D = parts.build_nets(cfg, self.info, s, self.is_main)
         self.penalties = build_penalties(cfg.penalties)
-        self.ada = None
-        if cfg.augment.ada is not None:
-            from gandist.objectives.ada import AdaController
-
-            self.ada = AdaController(cfg.augment.ada, cfg.train.batch_size)
+        self.ada = parts.build_ada(cfg)
         optim = {n: lazy_optim(getattr(cfg.optim, n.lower()), cfg.optim.impl, self.penalties, n) for n in ("G", "D")}
         # ACGAN: D has a class head (config validation made sure there are labels)
         self.aux = getattr(cfg.model, "d_conditioning", "projection") == "auxiliary" and bool(G.num_classes)
-        self.growth = None  # progressive growing (ProGAN): the level and fade-in alpha follow images_seen
-        if getattr(cfg.model, "progressive", None) is not None and cfg.model.progressive.enabled:
-            from gandist.train.growth import Growth
-
-            self.growth = Growth(cfg.model.progressive, self.info.shape[-1])
+        self.growth = parts.build_growth(cfg, self.info)
         # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
         self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
         init_from(cfg, run_dir, s, G, D, self.G_ema)  # fine-tuning: weights only, before any engine copies them
@@ -107,13 +86,7 @@ class Trainer:
         self.sinks = parts.build_sinks(cfg, s, run_dir, self.is_main)
         self.evaluator = parts.build_evaluator(cfg, run_dir)
         self.ckpt = parts.build_checkpointer(self)
-        resumed = self.ckpt.resume()
-        self.event({"event": "start", "resumed_from": resumed, "world_size": s.world_size,
-                    "strategy": cfg.distributed.strategy})
-        before = getattr(self.ckpt, "resumed", {}) if resumed is not None else {}
-        if before.get("world_size") not in (None, s.world_size):  # an elastic group (or a user) changed the size
-            self.event({"event": "resize", "from": before["world_size"], "to": s.world_size, "step": resumed,
-                        "checkpoint": before["checkpoint"]})
+        outputs.announce_start(self, self.ckpt.resume())
 
     # -- the loop's own state (the checkpointer's "loop" part) --------------------------------------------------
     def state_dict(self) -> dict:
@@ -189,10 +162,7 @@ class Trainer:
                 run_phase(self, phase, phase.tag(k), real, real_y, sig)
                 sig.seconds[phase.name] = sig.seconds.get(phase.name, 0.0) + time.perf_counter() - t1
         if self.G_ema is not None:
-            with s.gathered("G") as G_full:
-                decay = ema_lib.ramped_decay(cfg.train.ema.decay, cfg.train.batch_size, self.images_seen,
-                                             cfg.train.ema.rampup)
-                ema_lib.update_ema(self.G_ema, G_full, decay, self.step, cfg.train.ema.start_step)
+            ema_lib.step_ema(self.G_ema, s, cfg.train.ema, cfg.train.batch_size, self.images_seen, self.step)
         if self.ada is not None:  # every rank adds the same global totals: p stays identical across ranks
             self.ada.end_step(lambda t: s.all_reduce(t.to(s.device), "sum").cpu())
             sig.ada_p, sig.ada_rt = self.ada.p, self.ada.rt
@@ -209,17 +179,12 @@ class Trainer:
         """The watchdog's verdict over ranks, and a rollback with its mitigation when it says diverged."""
         health.check_health(self, sig)
 
-    # -- outputs -----------------------------------------------------------------------------------------------
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> dict:
         """Train until train.steps; returns the summary (also printed by rank 0)."""
         cfg, s = self.cfg, self.strategy
         start_step, start_time = self.step, time.time()
-        bar = None
-        if self.is_main and cfg.telemetry.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.train.steps, initial=self.step, unit="step", dynamic_ncols=True, desc=cfg.name)
+        progress = outputs.Progress(self)
         sig = None
         try:
             while self.step < cfg.train.steps:
@@ -228,16 +193,9 @@ class Trainer:
                 sig = self.train_step()
                 self.check_health(sig)
                 outputs.publish(self, sig, time.perf_counter() - t0)
+                progress.update(self, sig)
                 if sig.verdict == "diverged":
-                    if bar is not None:
-                        bar.n = self.step
-                        bar.refresh()
                     continue
-                if bar is not None:
-                    bar.update(1)
-                    if self.step % cfg.telemetry.log_every == 0:
-                        bar.set_postfix({"img/s": f"{sig.img_per_sec:.0f}", "D": f"{sig.losses.get('D', 0):.3f}",
-                                         "G": f"{sig.losses.get('G', 0):.3f}"}, refresh=False)
                 if cfg.telemetry.sample_every and self.step % cfg.telemetry.sample_every == 0:
                     outputs.write_samples(self)
                 if self.evaluator is not None:
@@ -255,15 +213,9 @@ class Trainer:
                 log.warning("interrupted: saved a checkpoint at step %d", self.step)
             raise
         finally:
-            if bar is not None:
-                bar.close()
+            progress.close()
         outputs.write_samples(self)
-        wall = time.time() - start_time
-        done = self.step - start_step
-        summary = {"steps": self.step, "wall_seconds": round(wall, 2),
-                   "img_per_sec": round(done * cfg.train.batch_size * cfg.optim.d_steps / max(wall, 1e-9), 1),
-                   "rollbacks": len(self.rollbacks), "last_losses": dict(sig.losses) if sig else {},
-                   "run_dir": self.run_dir}
+        summary = outputs.summary(self, start_step, time.time() - start_time, sig)
         self.event({"event": "end", **summary})
         return summary
 
@@ -291,9 +243,7 @@ def run_training(cfg, run_dir: str, *, force: bool = False, reporter=None, takeo
         clean = True
         return summary
     except WatchdogGaveUp as err:
-        trainer.event({"event": "gave_up", "report": err.report})
-        if trainer.is_main:
-            atomic_write_text(os.path.join(run_dir, "watchdog_report.txt"), err.report + "\n")
+        health.record_gave_up(trainer, err)
         raise
     finally:
         trainer.close(clean)

@@ -1,4 +1,5 @@
-"""What a step emits: telemetry sinks, the reporter, metrics.jsonl lines and sample grids.
+"""What a run emits: telemetry sinks, the reporter, metrics.jsonl lines, sample grids, the progress bar, and the
+start and end events.
 
 It exists so that the loop's run reads as step, health, publish, evaluate, save; every output channel is here.
 """
@@ -39,3 +40,51 @@ def write_samples(tr) -> None:
     from gandist.train.sampling import write_run_samples
 
     write_run_samples(tr)
+
+
+def announce_start(tr, resumed: int | None) -> None:
+    """The start event, and a resize event when a resumed run's world size changed (an elastic group, or a user)."""
+    s = tr.strategy
+    tr.event({"event": "start", "resumed_from": resumed, "world_size": s.world_size,
+              "strategy": tr.cfg.distributed.strategy})
+    before = getattr(tr.ckpt, "resumed", {}) if resumed is not None else {}
+    if before.get("world_size") not in (None, s.world_size):
+        tr.event({"event": "resize", "from": before["world_size"], "to": s.world_size, "step": resumed,
+                  "checkpoint": before["checkpoint"]})
+
+
+class Progress:
+    """Rank 0's tqdm bar under telemetry.progress (nothing otherwise): a step, or a rollback's jump back."""
+
+    def __init__(self, tr):
+        self.bar = None
+        if tr.is_main and tr.cfg.telemetry.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=tr.cfg.train.steps, initial=tr.step, unit="step", dynamic_ncols=True,
+                            desc=tr.cfg.name)
+
+    def update(self, tr, sig) -> None:
+        if self.bar is None:
+            return
+        if sig.verdict == "diverged":  # rolled back: the bar stands at the restored step
+            self.bar.n = tr.step
+            self.bar.refresh()
+            return
+        self.bar.update(1)
+        if tr.step % tr.cfg.telemetry.log_every == 0:
+            self.bar.set_postfix({"img/s": f"{sig.img_per_sec:.0f}", "D": f"{sig.losses.get('D', 0):.3f}",
+                                  "G": f"{sig.losses.get('G', 0):.3f}"}, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def summary(tr, start_step: int, wall: float, sig) -> dict:
+    """The run's summary (the end event, and what `gandist train` prints)."""
+    cfg = tr.cfg
+    done = tr.step - start_step
+    return {"steps": tr.step, "wall_seconds": round(wall, 2),
+            "img_per_sec": round(done * cfg.train.batch_size * cfg.optim.d_steps / max(wall, 1e-9), 1),
+            "rollbacks": len(tr.rollbacks), "last_losses": dict(sig.losses) if sig else {}, "run_dir": tr.run_dir}

@@ -1,14 +1,53 @@
-"""The trainer's optional subsystems (watchdog, telemetry sinks, evaluator) and its checkpointer, built from config.
+"""The trainer's nets, its optional subsystems (ADA, growth, watchdog, telemetry sinks, evaluator) and its
+checkpointer, built from config.
 
 It exists so that the loop reads as the step and the run: what is built, and which of the run's parts the
 checkpointer saves, is decided here once.
 """
 from __future__ import annotations
 
+import logging
 import os
 
+import torch
+
 from gandist.checkpoint import CheckpointStore
+from gandist.models.base import BuildContext
+from gandist.registry import ARCHS, resolve
 from gandist.train.state import Checkpointer, GlobalRng, Part, StatefulList
+
+log = logging.getLogger("gandist.train")
+
+
+def build_nets(cfg, info, strategy, is_main: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """G and D of model.arch, identical on every rank; cross-replica BN is handed the strategy's process group."""
+    group = strategy.process_group if cfg.distributed.cross_replica_bn else None
+    if cfg.distributed.cross_replica_bn and strategy.world_size == 1 and is_main:
+        log.warning("distributed.cross_replica_bn with one process: plain batch norm statistics are used")
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    G, D = resolve(ARCHS, cfg.model.arch, "model.arch")(cfg.model, info, BuildContext(group, cfg.augment.pack))
+    if cfg.train.channels_last and info.is_image:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    return G, D
+
+
+def build_ada(cfg):
+    """augment.ada's controller of the augmentation probability p, or None."""
+    if cfg.augment.ada is None:
+        return None
+    from gandist.objectives.ada import AdaController
+
+    return AdaController(cfg.augment.ada, cfg.train.batch_size)
+
+
+def build_growth(cfg, info):
+    """Progressive growing (ProGAN): the level and fade-in alpha follow images_seen; None when it is off."""
+    grow = getattr(cfg.model, "progressive", None)
+    if grow is None or not grow.enabled:
+        return None
+    from gandist.train.growth import Growth
+
+    return Growth(grow, info.shape[-1])
 
 
 def build_watchdog(cfg, strategy):

@@ -12,6 +12,21 @@ from gandist.errors import UserError
 from gandist.fileio import atomic_write_text
 
 
+def claim_run_dir(cfg, run_dir: str, *, force: bool, takeover: bool, owner: str | None):
+    """Rank 0's start in a run dir: check it, take its lease (one writer per run dir) before the first file is
+    written, so that a refusal changes nothing, then write the resolved config. Returns the lease."""
+    from gandist.train.lease import acquire_run_lease
+
+    check_run_dir(cfg, run_dir, force)
+    lease = acquire_run_lease(cfg, run_dir, takeover=takeover, owner=owner)
+    try:
+        write_run_config(cfg, run_dir)
+    except BaseException:  # a failed start leaves the run dir free for the next attempt
+        lease.release()
+        raise
+    return lease
+
+
 def write_run_config(cfg, run_dir: str) -> None:
     """Write the resolved config.yaml (after check_run_dir and after taking the run dir's lease)."""
     atomic_write_text(os.path.join(run_dir, "config.yaml"), cfg.to_yaml())

@@ -49,6 +49,18 @@ class BatchIterator(ABC):
         """Stop worker processes."""
 
 
+class DrawnBatches(BatchIterator):
+    """A BatchIterator whose position is the number of global batches drawn (batch k from a seed of (seed, k))."""
+
+    draw: int = 0
+
+    def state_dict(self) -> dict:
+        return {"draw": self.draw}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.draw = int(state["draw"])
+
+
 def micro_batch_size(global_batch: int, world_size: int, accumulation: int) -> int:
     """Samples per rank per micro-batch; the one check that the global batch divides into ranks x micro-batches."""
     if global_batch % (world_size * accumulation):

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from gandist.data.sources import resize_and_centre_crop
+from gandist.data.folders import resize_and_centre_crop
 from gandist.errors import DataStreamError
 
 log = logging.getLogger("gandist.data")

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from gandist.data.folders import IMAGE_SUFFIXES, list_image_folder
+from gandist.data.folders import IMAGE_SUFFIXES, list_image_folder, resize_and_centre_crop
 from gandist.errors import UserError
 
 log = logging.getLogger("gandist.data")
@@ -127,13 +127,7 @@ def resize_center_crop(image: np.ndarray, resolution: int | None) -> np.ndarray:
         return image
     from PIL import Image
 
-    im = Image.fromarray(image)
-    w, h = im.size
-    scale = resolution / min(w, h)
-    im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - resolution) // 2, (h - resolution) // 2
-    return np.asarray(im.crop((left, top, left + resolution, top + resolution)))
+    return np.asarray(resize_and_centre_crop(Image.fromarray(image), resolution))
 
 
 def encode_image(image: np.ndarray, fmt: str, quality: int = 95) -> bytes:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gandist.data.base import BatchIterator, DataInfo, DataSource, rank_positions
-from gandist.data.folders import IMAGE_SUFFIXES, list_image_folder
+from gandist.data.base import DataInfo, DataSource, DrawnBatches, rank_positions
+from gandist.data.folders import IMAGE_SUFFIXES, list_image_folder, resize_and_centre_crop
 from gandist.errors import UserError
 from gandist.randomness import stream_seed
 
@@ -29,7 +29,7 @@ def toy2d_centres(mixture: str) -> tuple[torch.Tensor, float]:
     raise UserError(f"data.mixture: unknown mixture {mixture!r} (use ring8 or grid25)")
 
 
-class IndexedBatches(BatchIterator):
+class IndexedBatches(DrawnBatches):
     """Global batch k = fn(k, generator seeded by (seed, k)); this rank takes its rank_positions of it."""
 
     def __init__(self, make_global_batch, rank: int, world_size: int, global_batch: int, seed: int,
@@ -44,12 +44,6 @@ class IndexedBatches(BatchIterator):
         x, y = self.make_global_batch(self.draw, self.global_batch, generator)
         self.draw += 1
         return x[self.positions], (y[self.positions] if y is not None else None)
-
-    def state_dict(self) -> dict:
-        return {"draw": self.draw}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.draw = int(state["draw"])
 
 
 class Toy2DSource(DataSource):
@@ -144,20 +138,6 @@ class FolderSource(_PermutedImages):
 
     def _load(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.stack([load_image(self.files[int(i)], self.resolution, self.channels) for i in idx])
-
-
-def resize_and_centre_crop(im, resolution: int):
-    """A PIL image with its shorter side resized (bicubic) to `resolution`, centre-cropped to R x R."""
-    from PIL import Image
-
-    if im.size == (resolution, resolution):
-        return im
-    w, h = im.size
-    scale = resolution / min(w, h)
-    im = im.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - resolution) // 2, (h - resolution) // 2
-    return im.crop((left, top, left + resolution, top + resolution))
 
 
 def load_image(path: Path, resolution: int, channels: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gandist.data.base import BatchIterator, DataInfo, DataSource, rank_positions
+from gandist.data.base import BatchIterator, DataInfo, DataSource, DrawnBatches, rank_positions
 from gandist.data.sources import load_digits_tensor
 
 NUM_MODES = 1000
@@ -22,7 +22,7 @@ def _seed(seed: int, draw: int) -> int:
     return stream_seed(seed, "stacked_digits", draw)
 
 
-class _StackedBatches(BatchIterator):
+class _StackedBatches(DrawnBatches):
     """Global batch k from (seed, k); this rank takes its rank_positions of it."""
 
     def __init__(self, source: "StackedDigitsSource", rank: int, world_size: int, global_batch: int, seed: int,
@@ -35,12 +35,6 @@ class _StackedBatches(BatchIterator):
         self.draw += 1
         idx = torch.randint(len(self.source.images), (self.global_batch, 3), generator=gen)
         return self.source.compose(idx[self.positions])
-
-    def state_dict(self) -> dict:
-        return {"draw": self.draw}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.draw = int(state["draw"])
 
 
 class StackedDigitsSource(DataSource):

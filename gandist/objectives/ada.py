@@ -15,9 +15,10 @@ import math
 
 import torch
 
+from gandist.objectives.config import ADA_GROUPS, parse_names
 from gandist.randomness import GlobalRandom
 
-GROUPS = ("blit", "geom", "color")
+GROUPS = ADA_GROUPS
 # (transform, multiplier): the paper's default pipeline 'bgc' uses multiplier 1 everywhere
 BLIT = ("xflip", "rotate90", "xint")
 GEOM = ("scale", "rotate", "aniso", "xfrac")
@@ -28,11 +29,7 @@ BRIGHTNESS_STD, CONTRAST_STD, HUE_MAX, SATURATION_STD = 0.2, 0.5, 1.0, 1.0
 
 def parse_pipeline(pipeline: str) -> list[str]:
     """'blit,geom,color' -> the group names; raises ValueError naming an unknown group."""
-    names = [p.strip() for p in pipeline.split(",") if p.strip()]
-    for name in names:
-        if name not in GROUPS:
-            raise ValueError(f"unknown ADA pipeline group {name!r}; allowed: {', '.join(GROUPS)}")
-    return names
+    return parse_names(pipeline, GROUPS, "ADA pipeline group")
 
 
 def _u(rand: GlobalRandom, n: int, device, *shape: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from gandist.objectives.config import DIFFAUGMENT_POLICIES, parse_names
 from gandist.randomness import GlobalRandom
 
 
@@ -11,16 +12,12 @@ from gandist.randomness import GlobalRandom
 # DiffAugment (Zhao et al. 2020, https://github.com/mit-han-lab/data-efficient-gans): the official formulas, with
 # every random number drawn from a GlobalRandom so that a sample's augmentation does not depend on the world size.
 
-POLICIES = ("color", "translation", "cutout")
+POLICIES = DIFFAUGMENT_POLICIES
 
 
 def parse_policy(policy: str) -> list[str]:
     """'color, translation' -> ['color', 'translation']; raises ValueError naming an unknown policy."""
-    names = [p.strip() for p in policy.split(",") if p.strip()]
-    for name in names:
-        if name not in POLICIES:
-            raise ValueError(f"unknown DiffAugment policy {name!r}; allowed: {', '.join(POLICIES)}")
-    return names
+    return parse_names(policy, POLICIES, "DiffAugment policy")
 
 
 def _draw(rand: GlobalRandom, x: torch.Tensor) -> torch.Tensor:

@@ -7,14 +7,24 @@ from pydantic import Field, field_validator
 
 from gandist.configbase import Section
 
-_POLICIES = ("color", "translation", "cutout")
+DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")
+ADA_GROUPS = ("blit", "geom", "color")
+
+
+def parse_names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    """'a, b' -> ['a', 'b'] (empty entries dropped); raises ValueError naming an unknown entry and the allowed ones.
+
+    Here, free of torch, so that config validation and the augmentations (augment.py, ada.py) share one parser."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"unknown {what} {name!r}; allowed: {', '.join(allowed)}")
+    return names
 
 
 def _check_policies(policy: str) -> str:
-    """Validate a comma-separated DiffAugment policy string (kept here so config stays free of torch)."""
-    for name in (p.strip() for p in policy.split(",")):
-        if name and name not in _POLICIES:
-            raise ValueError(f"unknown DiffAugment policy {name!r}; allowed: {', '.join(_POLICIES)}")
+    """Validate a comma-separated DiffAugment policy string."""
+    parse_names(policy, DIFFAUGMENT_POLICIES, "DiffAugment policy")
     return policy
 
 
@@ -159,8 +169,8 @@ class AdaConfig(Section):
     @classmethod
     def _known_groups(cls, pipeline: str) -> str:
         names = [p.strip() for p in pipeline.split(",") if p.strip()]
-        if not names or any(n not in ("blit", "geom", "color") for n in names):
-            raise ValueError(f"augment.ada.pipeline={pipeline!r}: give one or more of blit, geom, color")
+        if not names or any(n not in ADA_GROUPS for n in names):
+            raise ValueError(f"augment.ada.pipeline={pipeline!r}: give one or more of {', '.join(ADA_GROUPS)}")
         return pipeline
 
 

@@ -25,6 +25,12 @@ NETS = ("G", "D")
 REDUCE_OPS = ("sum", "max", "min", "mean")
 
 
+def check_reduce_op(op: str) -> None:
+    """all_reduce's op, checked alike by every strategy (a typo fails on one process too, not only under ddp)."""
+    if op not in REDUCE_OPS:
+        raise ValueError(f"all_reduce op {op!r} is not one of {', '.join(REDUCE_OPS)}")
+
+
 def pick_device(device: str, local_rank: int = 0) -> torch.device:
     """cuda:LOCAL_RANK when CUDA is wanted and present, else cpu; `device` is train.device (auto, cpu, cuda)."""
     if device == "cuda" and not torch.cuda.is_available():

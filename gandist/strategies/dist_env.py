@@ -16,7 +16,7 @@ from torch import nn
 
 from gandist.data.base import micro_batch_size
 from gandist.errors import UserError
-from gandist.strategies.base import REDUCE_OPS, check_precision, pick_device
+from gandist.strategies.base import check_precision, check_reduce_op, pick_device
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -123,8 +123,7 @@ class DistributedBase:
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """In-place all-reduce over the group and return it; op in sum, max, min, mean."""
-        if op not in REDUCE_OPS:
-            raise ValueError(f"all_reduce op {op!r} is not one of {', '.join(REDUCE_OPS)}")
+        check_reduce_op(op)
         dist.all_reduce(tensor, op=self._OPS[op], group=self.env.group)
         if op == "mean":
             tensor.div_(self.world_size)

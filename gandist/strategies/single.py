@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gandist.strategies.base import (NETS, REDUCE_OPS, OptimSetup, Strategy, TorchOptimizerState, build_adam,
-                                     check_precision, pick_device)
+from gandist.strategies.base import (NETS, OptimSetup, Strategy, TorchOptimizerState, build_adam, check_precision,
+                                     check_reduce_op, pick_device)
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -43,8 +43,7 @@ class SingleStrategy(TorchOptimizerState, Strategy):
 
     # -- collectives: one process, so each is the identity ----------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        if op not in REDUCE_OPS:
-            raise ValueError(f"all_reduce op {op!r} is not one of {', '.join(REDUCE_OPS)}")
+        check_reduce_op(op)
         return tensor
 
     def batch_mean(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -131,17 +131,19 @@ def check_optimizers(cfg) -> None:
         raise ValueError(f"train.compile with a spectrally normalized net (model.arch={cfg.model.arch}): SN's "
                          "in-place buffer updates break the compiled backward; set model.spectral_norm=false "
                          "or train.compile=false")
-    if strategy.startswith("zero"):  # the DeepSpeed family (a name test: asking the class would import torch)
-        for net in ("g", "d"):
-            kind = getattr(cfg.optim, net).kind
-            if kind not in ADAM_MOMENTS:
-                raise ValueError(f"optim.{net}.kind={kind} under distributed.strategy={strategy}: gandist's ZeRO "
-                                 "checkpoints carry Adam's moments only; use kind adam or adamw, or "
-                                 "distributed.strategy=ddp")
-        if cfg.train.compile:
-            raise ValueError(f"train.compile under distributed.strategy={strategy}: gandist compiles only the "
-                             "plain nets of single/ddp (ZeRO-3 gathers partitioned weights in forward hooks that "
-                             "graph capture does not see; ZeRO-1/2 untested); set train.compile=false or use ddp")
+    for net in ("g", "d"):
+        kind = getattr(cfg.optim, net).kind
+        if kind in ADAM_MOMENTS:  # every strategy's checkpoints carry these: asking it (imports torch) is not needed
+            continue
+        allowed = _strategy(cfg).optimizer_kinds
+        if allowed is not None and kind not in allowed:
+            raise ValueError(f"optim.{net}.kind={kind} under distributed.strategy={strategy}: gandist's ZeRO "
+                             "checkpoints carry Adam's moments only; use kind adam or adamw, or "
+                             "distributed.strategy=ddp")
+    if cfg.train.compile and not _strategy(cfg).compiles_nets:
+        raise ValueError(f"train.compile under distributed.strategy={strategy}: gandist compiles only the "
+                         "plain nets of single/ddp (ZeRO-3 gathers partitioned weights in forward hooks that "
+                         "graph capture does not see; ZeRO-1/2 untested); set train.compile=false or use ddp")
 
 
 def check_auxiliary_d(cfg) -> None:
@@ -173,7 +175,7 @@ def check_progressive(cfg) -> None:
         # partitioned weights by a trace of the modules each forward ran; it is not tested with growing nets
         raise ValueError(f"model.progressive under distributed.strategy={strategy} is not supported (the layers a "
                          "forward runs change at every level); use ddp, zero1 or zero2")
-    if grow.reset_optim and strategy.startswith("zero"):
+    if grow.reset_optim and not _strategy(cfg).clears_optimizer_state:
         raise ValueError(f"model.progressive.reset_optim clears torch Adam's moments, which distributed.strategy="
                          f"{strategy} keeps inside DeepSpeed's partitioned optimizer; use ddp, or reset_optim=false")
 

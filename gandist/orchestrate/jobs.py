@@ -183,9 +183,9 @@ def _job_main(argv: list[str] | None = None) -> int:
         cfg = config_from_dict(yaml.safe_load(text), CONFIG_ENV)
         return train_with_ray(cfg, run_dir, address=None, workers=args.workers,
                               gpus_per_worker=args.gpus_per_worker, force=args.force)
-    except UserError as err:  # ConfigError included
+    except UserError as err:  # ConfigError included; WatchdogGaveUp exits 3, as under `gandist train`
         print(f"gandist: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -78,6 +78,9 @@ class Strategy(ABC):
     # a lazy phase whose loss leaves some parameters without a gradient still steps them (with a zero gradient),
     # as every other phase does; ZeRO-3's partitioned Adam skips a parameter whose gradient never arrived
     steps_params_without_grad: bool = True
+    compiles_nets: bool = True  # train.compile can wrap the plain nets (not DeepSpeed's engines)
+    optimizer_kinds: tuple[str, ...] | None = None  # optim kinds its checkpoints carry (None: any torch optimizer)
+    clears_optimizer_state: bool = True  # clear_optimizer_state() works (not inside DeepSpeed's partitions)
 
     modules: dict[str, nn.Module]
     trainable: dict[str, list[nn.Parameter]]  # each net's parameters that required grad at setup
@@ -134,6 +137,10 @@ class Strategy(ABC):
             yield
         finally:
             self._set_trainable(other, True)
+
+    def clear_optimizer_state(self) -> None:
+        """Forget both optimizers' moments (progressive growing's reset_optim); see clears_optimizer_state."""
+        raise NotImplementedError(f"{type(self).__name__} cannot clear its optimizer state")
 
     # -- learning rate -----------------------------------------------------------------------------------------
     def set_lr_scale(self, name: str, scale: float) -> None:
@@ -295,6 +302,10 @@ class TorchOptimizerState:
 
     def _param_groups(self, name: str) -> list[dict]:
         return self.optimizers[name].param_groups
+
+    def clear_optimizer_state(self) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.state.clear()
 
     def state_dict(self) -> tuple[dict, dict]:
         shared: dict[str, Any] = {

@@ -31,6 +31,7 @@ from torch import nn
 
 from gandist.data.base import micro_batch_size
 from gandist.errors import UserError
+from gandist.optim import ADAM_MOMENTS
 from gandist.strategies.base import NETS, OptimSetup, StepStats, Strategy, build_adam
 from gandist.strategies.dist_env import DistributedBase, broadcast_module
 from gandist.strategies.zero_state import ZeroCheckpointState
@@ -119,6 +120,9 @@ class ZeroStrategy(ZeroCheckpointState, DistributedBase, Strategy):
 
     stage: int = 0
     keeps_master_weights = True  # the engines step their own fp32 partitions and copy them into the module
+    compiles_nets = False  # ZeRO-3 gathers weights in forward hooks that graph capture does not see; 1/2 untested
+    optimizer_kinds = ADAM_MOMENTS  # zero_state.py carries exactly {step, exp_avg, exp_avg_sq} by name
+    clears_optimizer_state = False  # the moments live in DeepSpeed's flat partitions
 
     @classmethod
     def variant(cls, name: str) -> type["ZeroStrategy"]:

@@ -75,8 +75,7 @@ class Growth:
         # the first step of a level: derived from images seen, so a resumed run resets at the same step
         previous = self.schedule.at(images_seen - step_images)[0] if images_seen >= step_images else level
         if self.cfg.reset_optim and previous.resolution != level.resolution:
-            for optimizer in strategy.optimizers.values():  # single and ddp (config validation refuses ZeRO)
-                optimizer.state.clear()
+            strategy.clear_optimizer_state()  # config validation asked clears_optimizer_state
 
     def lr_scale_at(self, images_seen: int) -> float:
         """model.progressive.levels' lr_scale of the level trained after `images_seen` images."""

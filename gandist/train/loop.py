@@ -55,6 +55,7 @@ class Trainer:
         s = self.strategy
         configure_device(cfg.train.deterministic, s.device)
         self.micro = micro_batch_size(cfg.train.batch_size, s.world_size, cfg.optim.accumulation)
+        self.penalties = build_penalties(cfg.penalties, cfg)  # refuses what a penalty cannot do, before any file
         # the data is opened before the run dir is written: a wrong data path leaves nothing behind
         self.source = build_source(cfg.data)
         self.info = self.source.info
@@ -73,7 +74,6 @@ class Trainer:
                                                                BuildContext(group, cfg.augment.pack))
         if cfg.train.channels_last and self.info.is_image:
             G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-        self.penalties = build_penalties(cfg.penalties)
         self.ada = None
         if cfg.augment.ada is not None:
             from gandist.objectives.ada import AdaController

@@ -222,7 +222,7 @@ class Trainer:
             bar = tqdm(total=cfg.train.steps, initial=self.step, unit="step", dynamic_ncols=True, desc=cfg.name)
         sig = None
         try:
-            while self.step < cfg.train.steps:
+            while self.step < cfg.train.steps and not outputs.stopped_early(self):
                 t0 = time.perf_counter()
                 self.lr.apply(self.step, self.growth.lr_scale_at(self.images_seen) if self.growth else None)
                 sig = self.train_step()

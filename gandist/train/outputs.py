@@ -39,3 +39,20 @@ def write_samples(tr) -> None:
     from gandist.train.sampling import write_run_samples
 
     write_run_samples(tr)
+
+
+def stopped_early(tr) -> bool:
+    """eval.early_stop: True once the metric has not improved for `patience` evaluations. The first time, every
+    rank saves this step's checkpoint (unless the periodic or best save just did) and the early_stop event is written."""
+    stopper = getattr(tr.evaluator, "early_stop", None)
+    if stopper is None or stopper.stopped_at is None:
+        return False
+    if not stopper.announced:
+        if tr.ckpt.saved_step != tr.step:  # a collective: every rank's stopper saw the same evaluations
+            tr.save_checkpoint()
+        tr.event({"event": "early_stop", **stopper.record()})
+        stopper.announced = True
+        if tr.is_main:
+            log.warning("early stop at step %d: %s has not improved on %s (step %s) for %d evaluations", tr.step,
+                        stopper.metric, stopper.best, stopper.best_step, stopper.since)
+    return True

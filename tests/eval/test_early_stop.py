@@ -78,3 +78,14 @@ def test_a_metric_the_default_metrics_do_not_compute_is_refused_before_training(
     with pytest.raises(Exception, match="eval.early_stop.metric=fid is computed by 'fid', which this run does not "
                                         "evaluate \\(modes\\); add it to eval.metrics"):
         run_training(cfg, str(tmp_path / "run"))
+
+
+def test_a_resumed_run_keeps_counting_and_stops_where_the_straight_run_does(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_training(load_config(CONFIG, TOY + [STOP, "train.steps=300"]), str(straight))
+    # step 50: the best so far is step 40's and one evaluation has not improved on it
+    run_training(load_config(CONFIG, TOY + [STOP, "train.steps=50"]), str(resumed))
+    assert _events(resumed, "early_stop") == []
+    run_training(load_config(CONFIG, TOY + [STOP, "train.steps=300"]), str(resumed))
+    a, b = _events(straight, "early_stop")[0], _events(resumed, "early_stop")[0]
+    assert {k: v for k, v in a.items() if k != "time"} == {k: v for k, v in b.items() if k != "time"}

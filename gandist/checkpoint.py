@@ -97,7 +97,7 @@ def to_plain(value, where: str = "state"):
 # a file with the right sha256 and wrong contents is refused here, naming the entry, instead of a KeyError later.
 SHARED_ENTRIES = {"G": dict, "D": dict, "optim": dict, "loop": dict, "data_info": dict, "config": dict,
                   "data0": dict, "penalties": list}
-OPTIONAL_ENTRIES = {"G_ema": dict, "watchdog": dict, "eval_best": list, "lr_scale": dict, "scalers": dict}
+OPTIONAL_ENTRIES = {"G_ema": dict, "watchdog": dict, "eval_best": list, "early_stop": dict, "lr_scale": dict, "scalers": dict}
 LOOP_ENTRIES = {"step": int, "images_seen": int, "noise_epoch": int, "lr_factor": (int, float),
                 "r1_factor": (int, float), "rollbacks": list}
 DATA_INFO_ENTRIES = {"shape": list, "num_classes": int, "value_range": list}

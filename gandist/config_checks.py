@@ -15,7 +15,7 @@ def check_all(cfg) -> None:
     """Every cross-section check, in the order a user meets them (the first failing one is reported)."""
     for check in (check_pack_divides_batch, check_topk_keeps_samples, check_data_fits, check_penalties_fit,
                   check_freeze_d, check_optimizers, check_auxiliary_d, check_progressive,
-                  check_penalties_fit_strategy):
+                  check_penalties_fit_strategy, check_penalty_classes):
         check(cfg)
 
 
@@ -205,3 +205,18 @@ def check_penalties_fit_strategy(cfg) -> None:
                 f"phase leaves some parameters without a gradient, which distributed.strategy="
                 f"{cfg.distributed.strategy} would not step (every other strategy steps them with a zero "
                 "gradient); use every: 1 for it or distributed.strategy=zero2")
+
+
+def check_penalty_classes(cfg) -> None:
+    """A penalty class's own cross-section refusals (its `check_config`, e.g. spectral_reg needs SN layers in D)."""
+    from gandist.errors import ConfigError
+    from gandist.registry import PENALTIES, resolve
+
+    for i, p in enumerate(cfg.penalties):
+        check = getattr(resolve(PENALTIES, p.kind, f"penalties.{i}.kind"), "check_config", None)
+        if check is None:
+            continue
+        try:
+            check(cfg, i)
+        except ConfigError as e:  # validators speak ValueError; config_from_dict makes it one ConfigError line
+            raise ValueError(str(e)) from None

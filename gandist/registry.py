@@ -49,6 +49,7 @@ PENALTIES = {
     "dragan": "gandist.objectives.penalties:Dragan",
     "r1": "gandist.objectives.penalties:R1",
     "weight_clip": "gandist.objectives.penalties:WeightClip",
+    "spectral_reg": "gandist.objectives.spectral_reg:SpectralReg",
     "bcr": "gandist.objectives.penalties:BalancedConsistency",
     "cr": "gandist.objectives.penalties:BalancedConsistency",
     "zcr": "gandist.objectives.logit_penalties:latent_consistency",

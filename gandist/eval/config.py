@@ -3,12 +3,33 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gandist.configbase import Section
 from gandist.registry import METRICS as METRIC_HOMES
 
 METRICS = tuple(METRIC_HOMES)  # fid, kid, is, pr, modes
+# the numbers an evaluation reports (what eval.early_stop.metric and eval.best_metric may name) -> the eval.metrics
+# entry that computes them; high_quality is toy2d's only
+RESULTS = {"fid": "fid", "kid": "kid", "is": "is", "precision": "pr", "recall": "pr", "density": "pr",
+           "coverage": "pr", "modes": "modes", "high_quality": "modes", "reverse_kl": "modes"}
+LOWER_IS_BETTER = {"fid", "kid", "reverse_kl"}
+
+
+class EarlyStopConfig(Section):
+    """Stop training when an evaluation metric has not improved for `patience` evaluations (exit 0)."""
+
+    metric: str = Field(..., description=f"The reported number watched: {', '.join(RESULTS)} (lower is better for "
+                        "fid, kid and reverse_kl, higher for the others).")
+    patience: int = Field(..., ge=1, description="Evaluations without an improvement before the run stops.")
+    min_delta: float = Field(0.0, ge=0, description="An improvement must beat the best value by more than this.")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in RESULTS:
+            raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(RESULTS)}")
+        return metric
 
 
 class EvalConfig(Section):
@@ -30,7 +51,10 @@ class EvalConfig(Section):
     is_splits: int = Field(10, gt=0, description="Inception Score: number of splits.")
     min_share: float = Field(0.1, gt=0, le=1, description="toy2d: a mode is captured with >= min_share x N/K high-quality samples.")
     seed: int = Field(1234, ge=0, description="Seed of the evaluation latents and real-sample draws (fixed: runs compare fairly).")
-    best_metric: str | None = Field(None, description="Metric that picks the best checkpoint (default: fid if computed, else modes).")
+    best_metric: str | None = Field(None, description="Metric that picks the best checkpoint (default: early_stop.metric if set, else fid if computed, else modes).")
+    early_stop: EarlyStopConfig | None = Field(None, description=(
+        "Early stopping on a metric (null: off): the run ends, exit 0, with an early_stop event; the best checkpoint "
+        "by that metric is kept (checkpoint.keep_best)."))
 
     @field_validator("metrics")
     @classmethod
@@ -39,6 +63,24 @@ class EvalConfig(Section):
             if m not in METRICS:
                 raise ValueError(f"unknown metric {m!r}; choose from {', '.join(METRICS)}")
         return metrics
+
+
+    @model_validator(mode="after")
+    def _early_stop_fits(self) -> "EvalConfig":
+        stop = self.early_stop
+        if stop is None:
+            return self
+        if not self.every:
+            raise ValueError("eval.early_stop watches the periodic evaluations, but eval.every=0 turns them off; set "
+                             "eval.every (e.g. 500) or drop eval.early_stop")
+        home = RESULTS[stop.metric]
+        if self.metrics and home not in self.metrics:
+            raise ValueError(f"eval.early_stop.metric={stop.metric} is computed by eval.metrics entry {home!r}, which "
+                             f"eval.metrics={self.metrics} lacks; add {home} to eval.metrics")
+        if self.best_metric not in (None, stop.metric):
+            raise ValueError(f"eval.early_stop.metric={stop.metric} but eval.best_metric={self.best_metric}: the best "
+                             "checkpoint kept would be by another metric; set them equal or drop eval.best_metric")
+        return self
 
 
 def min_samples(metric: str, *, k: int = 3, splits: int = 10) -> int:

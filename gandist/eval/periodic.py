@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from gandist.errors import UserError
-from gandist.eval.config import min_samples
+from gandist.eval.config import LOWER_IS_BETTER, RESULTS, min_samples
 from gandist.eval.density_coverage import density_coverage
 from gandist.eval.fid import FeatureStats, frechet_distance
 from gandist.eval.inception_score import InceptionScoreStats
@@ -22,8 +22,6 @@ from gandist.eval.kid import kernel_inception_distance
 from gandist.eval.modes import stacked_digits_coverage, toy2d_coverage
 from gandist.eval.precision_recall import precision_recall
 from gandist.eval.streaming import FeatureBuffer
-
-LOWER_IS_BETTER = {"fid", "kid", "reverse_kl"}
 
 
 def default_metrics(data_kind: str) -> list[str]:
@@ -61,6 +59,11 @@ class Evaluator:
         self._feature_net = None
         self._reference = None  # (FeatureStats, FeatureBuffer | None), computed once
         self.best: tuple | None = None
+        self.early_stop = None  # eval.early_stop's stopper (checkpointed as its own part)
+        if self.ecfg.early_stop is not None:
+            from gandist.eval.early_stop import EarlyStopper
+
+            self.early_stop = EarlyStopper(self.ecfg.early_stop)
 
     def _check(self) -> None:
         """Clear errors for metrics that do not fit the data or the sample count."""
@@ -73,6 +76,10 @@ class Evaluator:
             need = min_samples(m, k=self.ecfg.pr_k, splits=self.ecfg.is_splits)
             if self.num < need:
                 raise UserError(f"eval: {m} needs at least {need} samples, got --num/eval.num {self.num}")
+        stop = self.ecfg.early_stop
+        if stop is not None and RESULTS[stop.metric] not in self.metrics:  # eval.metrics empty: the data's defaults
+            raise UserError(f"eval.early_stop.metric={stop.metric} is computed by {RESULTS[stop.metric]!r}, which "
+                            f"this run does not evaluate ({', '.join(self.metrics)}); add it to eval.metrics")
 
     # -- feature network and reference statistics ------------------------------------------------------------
     def feature_net(self, device) -> torch.nn.Module:
@@ -207,12 +214,14 @@ class Evaluator:
             folder.mkdir(parents=True, exist_ok=True)
             with open(folder / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
+        if self.early_stop is not None:
+            self.early_stop.observe(metrics, step)
         return metrics
 
     def best_metric(self, metrics: dict) -> str:
         """The metric that ranks checkpoints: eval.best_metric, else fid when computed, else modes."""
-        if self.ecfg.best_metric:
-            return self.ecfg.best_metric
+        if self.ecfg.best_metric or self.ecfg.early_stop:  # early stopping keeps the best by its own metric
+            return self.ecfg.best_metric or self.ecfg.early_stop.metric
         return "fid" if "fid" in metrics else "modes" if "modes" in metrics else next(
             k for k in ("kid", "is", "precision") if k in metrics)
 

@@ -79,6 +79,15 @@ def d_output(linear, embed, aux, h, y, return_class: bool):
     return logits, (aux(h) if aux is not None else None)
 
 
+def d_activation(dropout: float, slope: float = 0.2):
+    """D's hidden activation: LeakyReLU, followed by dropout when model.d_dropout > 0. One module in the activation's
+    slot (dropout has no state), so layer indices and checkpoint keys are the same with and without it."""
+    from torch import nn
+
+    act = nn.LeakyReLU(slope)
+    return nn.Sequential(act, nn.Dropout(dropout)) if dropout else act
+
+
 def count_params(module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -18,6 +18,16 @@ class _ArchBase(Section):
                           "train; for fine-tuning from train.init_from (0: none).")
 
 
+def _refuse_d_dropout(data):
+    """A clear sentence for model.d_dropout on an arch whose D has no dropout (instead of 'extra inputs')."""
+    if isinstance(data, dict) and data.get("d_dropout"):
+        raise ValueError(f"model.d_dropout: the D of model.arch={data.get('arch')} has no dropout; it is built for "
+                         "mlp, dcgan and resnet; remove model.d_dropout or use one of those archs")
+    if isinstance(data, dict) and "d_dropout" in data:  # 0: off, which is what this arch does anyway
+        data = {k: v for k, v in data.items() if k != "d_dropout"}
+    return data
+
+
 class _ConditionedD(_ArchBase):
     d_conditioning: Literal["projection", "auxiliary"] = Field(
         "projection", description="How a conditional D uses labels: projection (Miyato 2018: <embed(y), h> added to "
@@ -32,6 +42,8 @@ class MLPConfig(_ArchBase):
     hidden: int = Field(128, gt=0, description="Width of each hidden layer.")
     depth: int = Field(3, ge=1, description="Number of hidden layers in G and in D.")
     spectral_norm: bool = Field(False, description="Spectral norm on D's linear layers.")
+    d_dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "Dropout probability after each hidden activation of D (0: off); per-rank torch RNG, like model noise."))
 
 
 class GrowthLevel(Section):
@@ -77,6 +89,8 @@ class DCGANConfig(_ConditionedD):
     arch: Literal["dcgan"] = "dcgan"
     ch: int = Field(64, gt=0, description="Base channel count (doubles per downsampling in D).")
     spectral_norm: bool = Field(True, description="Spectral norm on D's layers.")
+    d_dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "Dropout probability after each hidden activation of D (0: off); per-rank torch RNG, like model noise."))
     progressive: ProgressiveConfig = Field(default_factory=ProgressiveConfig,
                                            description="Progressive growing (ProGAN).")
 
@@ -88,6 +102,8 @@ class ResNetConfig(_ConditionedD):
     ch: int = Field(64, gt=0, description="Channels of every residual block.")
     spectral_norm: bool = Field(True, description="Spectral norm on D's layers (and G's when sn_g).")
     sn_g: bool = Field(False, description="Spectral norm in G too.")
+    d_dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "Dropout probability after each residual block of D (0: off); per-rank torch RNG, like model noise."))
 
 
 class BigGANConfig(_ConditionedD):
@@ -118,6 +134,11 @@ class BigGANConfig(_ConditionedD):
                 raise ValueError(f"attention resolutions must be powers of two >= 4 (like 64), got {r}")
         return res
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_d_dropout(cls, data):
+        return _refuse_d_dropout(data)
+
     @model_validator(mode="after")
     def _hier_needs_shared(self) -> "BigGANConfig":
         if self.hier and self.conditional and self.shared_dim == 0:
@@ -141,6 +162,11 @@ class StyleGAN2Config(_ArchBase):
     style_mixing_prob: float = Field(0.9, ge=0, le=1, description="Probability of style mixing in training.")
     mbstd_group: int = Field(4, ge=1, description="Group size of the minibatch standard deviation layer.")
     conv_clamp: float | None = Field(None, description="Clamp conv outputs (used with fp16).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_d_dropout(cls, data):
+        return _refuse_d_dropout(data)
 
 
 ModelConfig = Annotated[

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gandist.models.base import BuildContext, class_heads, d_output, small_image_pair_dims
+from gandist.models.base import BuildContext, class_heads, d_activation, d_output, small_image_pair_dims
 from gandist.nn.cross_replica_bn import batch_norm
 from gandist.nn.spectral_norm import conv2d, embedding, linear
 
@@ -82,15 +82,16 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         stages = _stages(resolution)
         self.stages = stages
-        layers: list[nn.Module] = [conv2d(channels, ch, 3, padding=1, sn=sn), nn.LeakyReLU(0.2)]
+        dropout = getattr(cfg, "d_dropout", 0.0)  # model.d_dropout: after each hidden activation
+        layers: list[nn.Module] = [conv2d(channels, ch, 3, padding=1, sn=sn), d_activation(dropout)]
         width = ch
         for _ in range(stages):
-            layers += [conv2d(width, width * 2, 4, stride=2, padding=1, sn=sn), nn.LeakyReLU(0.2)]
+            layers += [conv2d(width, width * 2, 4, stride=2, padding=1, sn=sn), d_activation(dropout)]
             width *= 2
         self.features = nn.Sequential(*layers)
         # progressive growing: an input conv for each lower resolution (the full one's is features[0])
         self.from_rgbs = nn.ModuleList([nn.Sequential(conv2d(channels, ch * 2 ** m, 3, padding=1, sn=sn),
-                                                      nn.LeakyReLU(0.2)) for m in range(1, stages)]) if grow else None
+                                                      d_activation(dropout)) for m in range(1, stages)]) if grow else None
         self.growth = (resolution, 1.0)
         self.fc = linear(width * 16, 1, sn)
         self.embed, self.aux = class_heads(cfg, num_classes, width * 16, lambda k, w: embedding(k, w, sn),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gandist.models.base import BuildContext, packed_info
+from gandist.models.base import BuildContext, d_activation, packed_info
 from gandist.nn.spectral_norm import linear
 
 
@@ -29,12 +29,12 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """x [N, in_dim] -> logits [N]."""
 
-    def __init__(self, in_dim: int, hidden: int, depth: int, sn: bool):
+    def __init__(self, in_dim: int, hidden: int, depth: int, sn: bool, dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(depth):
-            layers += [linear(width, hidden, sn), nn.LeakyReLU(0.2)]
+            layers += [linear(width, hidden, sn), d_activation(dropout)]
             width = hidden
         layers.append(linear(width, 1, sn))
         self.net = nn.Sequential(*layers)
@@ -53,4 +53,4 @@ def build(cfg, info, ctx: BuildContext):
         raise ValueError("model.arch=mlp is for 2-D toy data; use dcgan, resnet, biggan or stylegan2 for images")
     d_info = packed_info(info, ctx.pack)
     return (MLPGenerator(cfg.z_dim, cfg.hidden, cfg.depth, info.shape[0]),
-            MLPDiscriminator(d_info.shape[0], cfg.hidden, cfg.depth, cfg.spectral_norm))
+            MLPDiscriminator(d_info.shape[0], cfg.hidden, cfg.depth, cfg.spectral_norm, cfg.d_dropout))

@@ -33,9 +33,9 @@ class UpBlock(nn.Module):
 class DownBlock(nn.Module):
     """(ReLU)-conv-ReLU-conv-avgpool with a 1x1 shortcut; the first block skips the leading ReLU."""
 
-    def __init__(self, in_ch: int, ch: int, sn: bool, first: bool):
+    def __init__(self, in_ch: int, ch: int, sn: bool, first: bool, dropout: float = 0.0):
         super().__init__()
-        self.first = first
+        self.first, self.dropout = first, dropout
         self.conv1 = conv2d(in_ch, ch, 3, padding=1, sn=sn)
         self.conv2 = conv2d(ch, ch, 3, padding=1, sn=sn)
         self.skip = conv2d(in_ch, ch, 1, sn=sn)
@@ -44,7 +44,8 @@ class DownBlock(nn.Module):
         h = x if self.first else F.relu(x)
         h = F.avg_pool2d(self.conv2(F.relu(self.conv1(h))), 2)
         s = self.skip(F.avg_pool2d(x, 2)) if self.first else F.avg_pool2d(self.skip(x), 2)
-        return h + s
+        # model.d_dropout: on the block's output (functional: no module, the checkpoint keys stay)
+        return F.dropout(h + s, self.dropout, self.training) if self.dropout else h + s
 
 
 class ResNetGenerator(nn.Module):
@@ -73,7 +74,9 @@ class ResNetDiscriminator(nn.Module):
     def __init__(self, ch, resolution, channels, num_classes, sn, cfg=None):
         super().__init__()
         stages = _stages(resolution)
-        self.blocks = nn.Sequential(*[DownBlock(channels if i == 0 else ch, ch, sn, i == 0) for i in range(stages)])
+        dropout = getattr(cfg, "d_dropout", 0.0)
+        self.blocks = nn.Sequential(*[DownBlock(channels if i == 0 else ch, ch, sn, i == 0, dropout)
+                                      for i in range(stages)])
         self.fc = linear(ch, 1, sn)
         self.embed, self.aux = class_heads(cfg, num_classes, ch, lambda k, w: embedding(k, w, sn),
                                            lambda w, k: linear(w, k, sn))

@@ -89,6 +89,18 @@ class WeightClipConfig(_PenaltyBase):
     clip: float = Field(0.01, gt=0, description="Clip value c.")
 
 
+class SpectralRegConfig(_PenaltyBase):
+    """SR-GAN spectral regularization (Liu et al. 2019): lift the top singular values of D's SN layers to sigma_1."""
+
+    kind: Literal["spectral_reg"] = Field("spectral_reg", description="Selects this penalty in the penalties list.")
+    weight: float = Field(1.0, ge=0, description="Unused (the compensation has no weight); kept for uniformity.")
+    every: int = Field(5, ge=1, description=(
+        "Compensate after the D steps of every k-th G step (the reference code: 5); not a lazy loss interval."))
+    fraction: float = Field(0.5, gt=0, le=1, description=(
+        "i0 as a fraction of each weight matrix's rank: the largest i0 singular values are lifted to sigma_1 "
+        "(the reference code: half)."))
+
+
 class ConsistencyConfig(_PenaltyBase):
     """Balanced consistency regularization (bCR, Zhao et al. 2021); `cr` is CR on reals only (Zhang et al. 2020)."""
 
@@ -143,7 +155,7 @@ class OrthoConfig(_PenaltyBase):
 
 
 PenaltyConfig = Annotated[
-    Union[GradientPenaltyConfig, DraganConfig, R1Config, WeightClipConfig, ConsistencyConfig, LatentConsistencyConfig,
+    Union[GradientPenaltyConfig, DraganConfig, R1Config, WeightClipConfig, SpectralRegConfig, ConsistencyConfig, LatentConsistencyConfig,
           LeCamConfig, PathLengthConfig, OrthoConfig],
     Field(discriminator="kind"),
 ]

@@ -3,7 +3,9 @@
 Interface (the loop relies on exactly this):
 - `Penalty.name` (e.g. "r1"), `.net` ("D" or "G"), `.every` (k), `.weight`.
 - `loss(ctx) -> Tensor`: the weighted scalar term (weight applied; the lazy factor k is applied by the loop).
-- `after_step(module)`: called on the plain module of `net` after each optimizer step (weight clipping).
+- `after_step(module, step)`: called on the plain module of `net` after each of its main-phase optimizer steps
+  (weight clipping, spectral regularization); `step` is the G step being taken.
+- `check_config(cfg, index)` (optional staticmethod): cross-section refusals, run by build_penalties(cfgs, cfg).
 - `state_dict()` / `load_state_dict()`: running state (path-length mean) saved in checkpoints.
 """
 from __future__ import annotations
@@ -62,8 +64,8 @@ class Penalty:
         """The weighted penalty term."""
         raise NotImplementedError
 
-    def after_step(self, module: nn.Module) -> None:
-        """Hook after an optimizer step of `self.net` (no-op by default)."""
+    def after_step(self, module: nn.Module, step: int = 0) -> None:
+        """Hook after an optimizer step of `self.net` at G step `step` (no-op by default)."""
 
     def state_dict(self) -> dict:
         """Running state saved in checkpoints (none by default)."""
@@ -80,11 +82,15 @@ class Penalty:
                                  f"(the {self.net} phase must pass it)")
 
 
-def build_penalties(cfgs: list) -> list[Penalty]:
-    """Penalty objects from the `penalties` config list (names: gandist/registry.py's PENALTIES)."""
+def build_penalties(cfgs: list, experiment: Any = None) -> list[Penalty]:
+    """Penalty objects from the `penalties` config list (names: gandist/registry.py's PENALTIES); with the whole
+    `experiment` config, each penalty class's check_config refuses what cannot work (ConfigError)."""
     out = []
-    for c in cfgs:
-        made = resolve(PENALTIES, c.kind, "penalties.kind")(c)
+    for i, c in enumerate(cfgs):
+        cls = resolve(PENALTIES, c.kind, "penalties.kind")
+        if experiment is not None and hasattr(cls, "check_config"):
+            cls.check_config(experiment, i)
+        made = cls(c)
         out.extend(made if isinstance(made, list) else [made])  # zcr: one penalty on D, one on G
     return out
 
@@ -178,7 +184,7 @@ class WeightClip(Penalty):
         return torch.zeros((), device=device)
 
     @torch.no_grad()
-    def after_step(self, module: nn.Module) -> None:
+    def after_step(self, module: nn.Module, step: int = 0) -> None:
         """Clamp every parameter of the plain module in place."""
         for p in module.parameters():
             p.clamp_(-self.cfg.clip, self.cfg.clip)

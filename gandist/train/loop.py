@@ -52,6 +52,7 @@ class Trainer:
         s = self.strategy
         configure_device(cfg.train.deterministic, s.device)
         self.micro = micro_batch_size(cfg.train.batch_size, s.world_size, cfg.optim.accumulation)
+        self.penalties = build_penalties(cfg.penalties, cfg)  # refuses what a penalty cannot do, before any file
         # the data is opened before the run dir is written: a wrong data path leaves nothing behind
         self.source = build_source(cfg.data)
         self.info = self.source.info
@@ -60,7 +61,7 @@ class Trainer:
         s.barrier()
 
         G, D = parts.build_nets(cfg, self.info, s, self.is_main)
-        self.penalties = build_penalties(cfg.penalties)
+        self.penalties = build_penalties(cfg.penalties, cfg)  # config validation ran the same checks
         self.ada = parts.build_ada(cfg)
         optim = {n: lazy_optim(getattr(cfg.optim, n.lower()), cfg.optim.impl, self.penalties, n) for n in ("G", "D")}
         # ACGAN: D has a class head (config validation made sure there are labels)
@@ -187,7 +188,7 @@ class Trainer:
         progress = outputs.Progress(self)
         sig = None
         try:
-            while self.step < cfg.train.steps:
+            while self.step < cfg.train.steps and not outputs.stopped_early(self):
                 t0 = time.perf_counter()
                 self.lr.apply(self.step, self.growth.lr_scale_at(self.images_seen) if self.growth else None)
                 sig = self.train_step()

@@ -88,3 +88,20 @@ def summary(tr, start_step: int, wall: float, sig) -> dict:
     return {"steps": tr.step, "wall_seconds": round(wall, 2),
             "img_per_sec": round(done * cfg.train.batch_size * cfg.optim.d_steps / max(wall, 1e-9), 1),
             "rollbacks": len(tr.rollbacks), "last_losses": dict(sig.losses) if sig else {}, "run_dir": tr.run_dir}
+
+
+def stopped_early(tr) -> bool:
+    """eval.early_stop: True once the metric has not improved for `patience` evaluations. The first time, every
+    rank saves this step's checkpoint (unless the periodic or best save just did) and the early_stop event is written."""
+    stopper = getattr(tr.evaluator, "early_stop", None)
+    if stopper is None or stopper.stopped_at is None:
+        return False
+    if not stopper.announced:
+        if tr.ckpt.saved_step != tr.step:  # a collective: every rank's stopper saw the same evaluations
+            tr.save_checkpoint()
+        tr.event({"event": "early_stop", **stopper.record()})
+        stopper.announced = True
+        if tr.is_main:
+            log.warning("early stop at step %d: %s has not improved on %s (step %s) for %d evaluations", tr.step,
+                        stopper.metric, stopper.best, stopper.best_step, stopper.since)
+    return True

@@ -92,7 +92,8 @@ def build_checkpointer(tr) -> Checkpointer:
                 "penalties": Part(StatefulList(tr.penalties)), "ada": Part(tr.ada),
                 "watchdog": Part(tr.watchdog, on_rollback=False),
                 # the best evaluation so far: a resumed run must not tag a worse checkpoint "best"
-                "eval_best": Part(tr.evaluator, on_rollback=False)},
+                "eval_best": Part(tr.evaluator, on_rollback=False),
+                "early_stop": Part(getattr(tr.evaluator, "early_stop", None), on_rollback=False)},
         per_rank={"data": tr.loader, "rng": GlobalRng()}, fallback={"data": "data0"},
         constants={"config": cfg.model_dump(mode="json"),
                    "data_info": {"shape": list(info.shape), "num_classes": info.num_classes,

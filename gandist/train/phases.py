@@ -202,5 +202,5 @@ def run_phase(tr, phase: Phase, tag: str, real, real_y, sig) -> None:
         sig.layer_grad_norm.update({f"{phase.net}/{k}": v for k, v in stats.layer_grad_norms.items()})
         for p in tr.penalties:  # every penalty of the net, lazy ones included: its weights just changed
             if p.net == phase.net:
-                p.after_step(s.module(phase.net))
+                p.after_step(s.module(phase.net), tr.step)
     sig.nonfinite += stats.nonfinite

@@ -87,6 +87,7 @@ class Checkpointer:
         self.meta = meta or {}  # manifest entries; "arch" is checked on load
         self.healthy, self.before_save = healthy, before_save
         self.resumed: dict = {}  # set by resume(): the world size and path of the checkpoint resumed from
+        self.saved_step: int | None = None  # the step of this process's last save (None after a restore)
 
     def due(self, step: int) -> bool:
         """A periodic save: every `checkpoint.every` steps and at the last step."""
@@ -119,6 +120,7 @@ class Checkpointer:
         if s.rank == 0:
             url = self.store.commit(step, all_files, {"healthy": healthy, **self.meta, "world_size": s.world_size})
         url = s.broadcast_object(url)
+        self.saved_step = step
         return Saved(url, healthy, time.perf_counter() - t0)
 
     def mark_best(self, step: int, key: list | None = None) -> None:
@@ -142,6 +144,7 @@ class Checkpointer:
         if ckpt.manifest.get("arch") not in (None, arch):
             raise CheckpointError(f"{ckpt.path}: holds a {ckpt.manifest['arch']} model, the config builds {arch}")
         self.strategy.load_state_dict(ckpt.shared, (ckpt.per_rank or {}).get("strategy"))
+        self.saved_step = None
         for key, part in self.shared.items():
             state = ckpt.shared.get(key)
             if part.obj is None or state is None or (rollback and not part.on_rollback):

@@ -241,6 +241,8 @@ class CheckpointStore:
                     self.fs.rm(f"{self.root}/{step_name(s)}", recursive=True)
                 except FileNotFoundError:
                     pass
+                except OSError as err:  # another writer is filling it (a takeover's race): pruning is best-effort
+                    log.warning("%s: could not prune %s (%s); left for the next save", self.root, step_name(s), err)
 
     # -- reading --------------------------------------------------------------------------------------------
     def steps(self) -> list[int]:

@@ -30,7 +30,7 @@ def compensate_spectrum(matrix: torch.Tensor, fraction: float) -> torch.Tensor:
     """matrix + U diag(delta) V^T with delta_i = s_1 - s_i for the first i0 singular values (in float64)."""
     w = matrix.double()
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
-    i0 = lifted_count(s.numel(), fraction)
+    i0 = lifted_count(len(s), fraction)
     if i0 < 2:  # only sigma_1 itself: nothing to lift
         return matrix.clone()
     delta = torch.zeros_like(s)

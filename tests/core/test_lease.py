@@ -191,7 +191,8 @@ def test_second_train_refused_takeover_stops_the_first_and_sigkill_goes_stale(tm
         takeover = _start(_popen_train(run) + ["--takeover"], takeover_log)
         _wait(lambda: _lease_pid(run) == takeover.pid, 120, "the takeover run's lease", takeover, takeover_log)
         first.wait(60)
-        assert first.returncode == 2 and "taken over" in first_log.read_text().strip().splitlines()[-1]
+        assert first.returncode == 2, first_log.read_text()[-3000:]
+        assert "taken over" in first_log.read_text().strip().splitlines()[-1]
 
         # SIGKILL of the holder: its lease stays behind, and a new run takes it over once it is stale
         _wait(lambda: (run / "events.jsonl").read_text().count('"start"') > events_before, 60, "takeover start",

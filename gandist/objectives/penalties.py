@@ -5,7 +5,8 @@ Interface (the loop relies on exactly this):
 - `loss(ctx) -> Tensor`: the weighted scalar term (weight applied; the lazy factor k is applied by the loop).
 - `after_step(module, step)`: called on the plain module of `net` after each of its main-phase optimizer steps
   (weight clipping, spectral regularization); `step` is the G step being taken.
-- `check_config(cfg, index)` (optional staticmethod): cross-section refusals, run by build_penalties(cfgs, cfg).
+- `check_config(cfg, index)` (optional staticmethod): cross-section refusals, run by config validation
+  (config_checks.check_penalty_classes).
 - `state_dict()` / `load_state_dict()`: running state (path-length mean) saved in checkpoints.
 """
 from __future__ import annotations
@@ -82,15 +83,11 @@ class Penalty:
                                  f"(the {self.net} phase must pass it)")
 
 
-def build_penalties(cfgs: list, experiment: Any = None) -> list[Penalty]:
-    """Penalty objects from the `penalties` config list (names: gandist/registry.py's PENALTIES); with the whole
-    `experiment` config, each penalty class's check_config refuses what cannot work (ConfigError)."""
+def build_penalties(cfgs: list) -> list[Penalty]:
+    """Penalty objects from the `penalties` config list (names: gandist/registry.py's PENALTIES)."""
     out = []
-    for i, c in enumerate(cfgs):
-        cls = resolve(PENALTIES, c.kind, "penalties.kind")
-        if experiment is not None and hasattr(cls, "check_config"):
-            cls.check_config(experiment, i)
-        made = cls(c)
+    for c in cfgs:
+        made = resolve(PENALTIES, c.kind, "penalties.kind")(c)
         out.extend(made if isinstance(made, list) else [made])  # zcr: one penalty on D, one on G
     return out
 

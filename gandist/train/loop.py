@@ -52,7 +52,6 @@ class Trainer:
         s = self.strategy
         configure_device(cfg.train.deterministic, s.device)
         self.micro = micro_batch_size(cfg.train.batch_size, s.world_size, cfg.optim.accumulation)
-        self.penalties = build_penalties(cfg.penalties, cfg)  # refuses what a penalty cannot do, before any file
         # the data is opened before the run dir is written: a wrong data path leaves nothing behind
         self.source = build_source(cfg.data)
         self.info = self.source.info
@@ -61,7 +60,7 @@ class Trainer:
         s.barrier()
 
         G, D = parts.build_nets(cfg, self.info, s, self.is_main)
-        self.penalties = build_penalties(cfg.penalties, cfg)  # config validation ran the same checks
+        self.penalties = build_penalties(cfg.penalties)  # their config_checks ran in config validation
         self.ada = parts.build_ada(cfg)
         optim = {n: lazy_optim(getattr(cfg.optim, n.lower()), cfg.optim.impl, self.penalties, n) for n in ("G", "D")}
         # ACGAN: D has a class head (config validation made sure there are labels)

@@ -9,10 +9,16 @@ Where: `RUN_DIR/lease.json`, or `CHECKPOINT_URL/lease.json` when checkpoint.url 
 the checkpoints go, which may be s3:// while the run dir is local). Any fsspec URL works; a local lease is replaced
 atomically (temp file + rename), an object store's with a single PUT. After writing, the lease is read back: of two
 processes starting at the same moment, the one whose write lost sees the other owner and is refused.
+
+Why the heartbeat is a second file (`lease-beat-<owner hash>.json` beside the lease): the lease record is written
+only when a process acquires it, so a holder's heartbeat can never overwrite a takeover that landed between its
+read and its write (a read-modify-write of one file races; a write to a file only its owner writes does not). The
+holder reads the lease before each heartbeat and before each checkpoint save and stops once another owner is named.
 The heartbeat is wall-clock time of the holder's host; hosts sharing a run dir are assumed to keep NTP time.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -78,16 +84,43 @@ class Lease:
             return None
         return record if isinstance(record, dict) and "owner" in record else None
 
-    def _write(self) -> None:
-        record = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "start": self.start_time,
-                  "heartbeat": time.time(), "timeout_s": self.timeout_s}
+    def beat_path(self, owner: str) -> str:
+        """The heartbeat file of `owner`: written by that owner only."""
+        digest = hashlib.sha256(owner.encode()).hexdigest()[:16]
+        return f"{self.fs._parent(self.path)}/lease-beat-{digest}.json"
+
+    def last_heartbeat(self, record: dict) -> float:
+        """The newer of the record's own heartbeat (its acquisition) and its owner's heartbeat file."""
+        t = float(record.get("heartbeat", 0))
+        try:
+            with self.fs.open(self.beat_path(str(record["owner"])), "rb") as f:
+                t = max(t, float(json.loads(f.read())["heartbeat"]))
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            pass
+        return t
+
+    def _put(self, path: str, record: dict) -> None:
         data = json.dumps(record, indent=1).encode()
         if self.local:
-            atomic_write_bytes(self.path, data)
+            atomic_write_bytes(path, data)
         else:
-            self.fs.makedirs(self.fs._parent(self.path), exist_ok=True)
-            with self.fs.open(self.path, "wb") as f:
+            self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+            with self.fs.open(path, "wb") as f:
                 f.write(data)
+
+    def _write(self) -> None:
+        """The lease record: written once, when this process acquires the lease."""
+        self._put(self.path, {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
+                              "start": self.start_time, "heartbeat": time.time(), "timeout_s": self.timeout_s})
+
+    def _beat(self) -> None:
+        self._put(self.beat_path(self.owner), {"owner": self.owner, "heartbeat": time.time()})
+
+    def _remove(self, path: str) -> None:
+        try:
+            self.fs.rm(path)
+        except FileNotFoundError:
+            pass
 
     # -- acquire / heartbeat / release ---------------------------------------------------------------------------
     def acquire(self, takeover: bool = False) -> None:
@@ -95,7 +128,8 @@ class Lease:
         now = time.time()
         other = self.read()
         if other is not None and other.get("owner") != self.owner:
-            age = now - float(other.get("heartbeat", 0))
+            other = {**other, "heartbeat": self.last_heartbeat(other)}
+            age = now - other["heartbeat"]
             if takeover:
                 log.warning("%s: taking over the lease of %s (--takeover)", self.url, describe(other, now))
             elif age > self.timeout_s:
@@ -114,24 +148,32 @@ class Lease:
         if back is None or back.get("owner") != self.owner:
             raise LeaseHeld(self._held_message(back or {}, time.time()))
         self.held = True
+        if other is not None and other.get("owner") != self.owner:
+            self._remove(self.beat_path(str(other["owner"])))  # the previous holder is dead or stopping
 
     def _held_message(self, other: dict, now: float) -> str:
         return (f"{self.url}: this run dir is in use by {describe(other, now)}; wait for that run to end, or stop "
                 "it and pass --takeover to `gandist train` (a lease without a heartbeat for "
                 f"checkpoint.lease_timeout_s={self.timeout_s:g}s is taken over by itself)")
 
+    def _still_ours(self) -> bool:
+        """Read the lease; on finding another owner, remember it (`lost`) and say so once. Caller holds _lock."""
+        if not self.held:
+            return False
+        current = self.read()
+        if current is not None and current.get("owner") != self.owner:
+            self.lost, self.held = current, False
+            log.error("%s: the lease was taken over by %s; this process stops writing checkpoints", self.url,
+                      describe(current, time.time()))
+            return False
+        return True
+
     def heartbeat(self) -> bool:
-        """Refresh the heartbeat; False (and `lost` set) when another process has taken the lease over."""
+        """Refresh this owner's heartbeat file; False (and `lost` set) when another process took the lease over."""
         with self._lock:
-            if not self.held:
+            if not self._still_ours():
                 return False
-            current = self.read()
-            if current is not None and current.get("owner") != self.owner:
-                self.lost, self.held = current, False
-                log.error("%s: the lease was taken over by %s; this process stops writing checkpoints", self.url,
-                          describe(current, time.time()))
-                return False
-            self._write()
+            self._beat()
             return True
 
     def start(self) -> None:
@@ -150,7 +192,12 @@ class Lease:
         self._thread.start()
 
     def check(self) -> None:
-        """Raise LeaseHeld when another process took the lease over (called before each checkpoint write)."""
+        """Raise LeaseHeld when another process took the lease over: called before each checkpoint save, and when
+        a save fails (another writer in the run dir explains the failure better than its OSError does). One read
+        of the lease file; safe to race with the heartbeat because neither rewrites another owner's file."""
+        with self._lock:
+            if self.lost is None:
+                self._still_ours()
         if self.lost is not None:
             raise LeaseHeld(f"{self.url}: the lease was taken over by {describe(self.lost, time.time())}; "
                             "this run stops so that only one process writes the run dir")
@@ -161,15 +208,12 @@ class Lease:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         with self._lock:
-            if not self.held:
-                return
-            self.held = False
-            current = self.read()
-            if current is not None and current.get("owner") == self.owner:
-                try:
-                    self.fs.rm(self.path)
-                except FileNotFoundError:
-                    pass
+            was_held, self.held = self.held, False
+            self._remove(self.beat_path(self.owner))  # ours alone, held or lost
+            if was_held:
+                current = self.read()
+                if current is not None and current.get("owner") == self.owner:
+                    self._remove(self.path)
 
 
 def acquire_run_lease(cfg, run_dir: str, *, takeover: bool = False, owner: str | None = None) -> Lease:

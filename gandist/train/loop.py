@@ -108,7 +108,12 @@ class Trainer:
                 p.weight_scale = scale
 
     def save_checkpoint(self) -> None:
-        saved = self.ckpt.save(self.step)
+        try:
+            saved = self.ckpt.save(self.step)
+        except Exception:  # noqa: BLE001 - re-raised below unless the lease explains it
+            if self.lease is not None:  # a takeover mid-save explains the failure: stop with its message (exit 2)
+                self.lease.check()
+            raise
         self.event({"event": "checkpoint", "healthy": saved.healthy, "url": saved.url,
                     "seconds": round(saved.seconds, 3)})
         for sink in self.sinks:

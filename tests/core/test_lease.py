@@ -81,12 +81,49 @@ def test_takeover_flag_takes_a_live_lease_and_the_old_holder_notices(tmp_path, c
 def test_heartbeat_thread_refreshes_the_lease(tmp_path):
     lease = Lease(str(tmp_path / "lease.json"), timeout_s=0.4)
     lease.acquire()
-    first = _record(lease)["heartbeat"]
+    first = lease.last_heartbeat(_record(lease))
     lease.start()
     time.sleep(0.5)
-    assert _record(lease)["heartbeat"] > first
+    assert lease.last_heartbeat(_record(lease)) > first
     lease.release()
-    assert not (tmp_path / "lease.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # lease and heartbeat file both gone
+
+
+def test_a_heartbeat_racing_a_takeover_never_overwrites_it(tmp_path):
+    """The race CI found: the holder reads the lease (still its own), a takeover lands, the holder writes its
+    heartbeat. The heartbeat goes to the holder's own file, so the lease still names the new owner."""
+    path = tmp_path / "lease.json"
+    first, second = Lease(str(path), timeout_s=120), Lease(str(path), timeout_s=120)
+    first.acquire()
+    assert first._still_ours()  # the heartbeat's read
+    second.acquire(takeover=True)  # lands between the read and the write
+    first._beat()  # the heartbeat's write
+    assert _record(second)["owner"] == second.owner
+    assert first.heartbeat() is False and first.lost["owner"] == second.owner
+    # and with the heartbeat thread beating as fast as it can while the takeover happens
+    third = Lease(str(path), timeout_s=0.001)
+    third.acquire(takeover=True)
+    third.start()
+    time.sleep(0.05)
+    fourth = Lease(str(path), timeout_s=120)
+    fourth.acquire(takeover=True)
+    time.sleep(0.05)
+    assert _record(fourth)["owner"] == fourth.owner and third.lost["owner"] == fourth.owner
+    with pytest.raises(LeaseHeld, match="taken over"):
+        third.check()
+    third.release()
+    assert _record(fourth)["owner"] == fourth.owner
+
+
+def test_check_reads_the_lease_itself(tmp_path):
+    """Before a checkpoint save: a takeover the heartbeat thread has not seen yet still stops the holder."""
+    path = tmp_path / "lease.json"
+    first = Lease(str(path), timeout_s=120)
+    first.acquire()
+    first.check()  # still ours: no error
+    Lease(str(path), timeout_s=120).acquire(takeover=True)
+    with pytest.raises(LeaseHeld, match="taken over"):
+        first.check()
 
 
 def test_a_restart_of_the_same_ray_run_takes_its_own_live_lease(tmp_path):
@@ -113,9 +150,9 @@ def test_lease_on_s3_via_moto(moto_endpoint, s3_bucket, tmp_path, monkeypatch):
     assert first.read()["owner"] == first.owner
     with pytest.raises(LeaseHeld, match=f"pid {os.getpid()}"):
         Lease(url, timeout_s=120, storage_options=options).acquire()
-    before = first.read()["heartbeat"]
+    before = first.last_heartbeat(first.read())
     time.sleep(0.05)
-    assert first.heartbeat() and first.read()["heartbeat"] > before
+    assert first.heartbeat() and first.last_heartbeat(first.read()) > before
     first.release()
     assert first.read() is None
 

@@ -21,6 +21,19 @@ def stream_seed(*parts) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def seed_step_rng(seed: int, device: torch.device) -> None:
+    """Seed the global RNGs that model-internal noise on `device` draws from: CPU's, and that CUDA device's.
+
+    Not torch.manual_seed: on a CPU-only build it also queues a lazy seed for CUDA, MTIA and XPU each call, and each
+    queued call formats a Python traceback (2-3 ms per step on CPU, measured by tools/bench/overhead.py). The CPU
+    generator gets the same seed as before, so CPU runs draw the same numbers.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()] \
+            .manual_seed(seed)
+
+
 class GlobalRandom:
     """Random draws for this rank's slice of the global batch.
 

@@ -18,7 +18,7 @@ from gandist.data.sources import build_source
 from gandist.errors import WatchdogGaveUp
 from gandist.objectives.penalties import build_penalties
 from gandist.optim import lazy_optim
-from gandist.randomness import stream_seed
+from gandist.randomness import seed_step_rng, stream_seed
 from gandist.strategies import build_strategy
 from gandist.train import ema as ema_lib
 from gandist.train import health, outputs, parts
@@ -147,7 +147,7 @@ class Trainer:
     # -- one G step ------------------------------------------------------------------------------------------
     def train_step(self) -> Signals:
         s, cfg = self.strategy, self.cfg
-        torch.manual_seed(stream_seed(cfg.seed, self.noise_epoch, self.step, s.rank))  # model-internal noise
+        seed_step_rng(stream_seed(cfg.seed, self.noise_epoch, self.step, s.rank), s.device)  # model-internal noise
         if self.watchdog:
             self.watchdog.before_step(self.step, s, self.lr)
         sig = Signals(step=self.step)

@@ -38,18 +38,28 @@ class SigmaMonitor:
 
     def __init__(self, every: int) -> None:
         self.every = every
+        # per module: its SN layers and the other layers with a `weight` parameter, found once (walking every
+        # module each step was a measurable part of the watchdog's cost: tools/bench/overhead.py); the shape checks
+        # of weight_layers stay per step (a ZeRO-3 partition is empty outside `gathered`)
+        self._layers: dict[int, tuple[nn.Module, dict, dict]] = {}
         self._u: dict[str, torch.Tensor] = {}  # power-iteration vectors of plain layers, kept between checks
         self._last: dict[str, torch.Tensor] = {}  # last measurement of plain layers, reported between checks
 
     def measure(self, prefix: str, module: nn.Module, step: int) -> dict[str, torch.Tensor]:
         """{'<prefix>/<layer>': sigma} for every weight layer of `module`, as 0-d tensors on its device."""
         out: dict[str, torch.Tensor] = {}
-        sn = spectral_norm_layers(module)
+        cached = self._layers.get(id(module))
+        if cached is None or cached[0] is not module:
+            sn = spectral_norm_layers(module)
+            plain = {n: m for n, m in module.named_modules()
+                     if n not in sn and isinstance(getattr(m, "weight", None), nn.Parameter)}
+            cached = self._layers[id(module)] = (module, sn, plain)
+        _, sn, plain = cached
         for name, layer in sn.items():
             out[f"{prefix}/{name}"] = layer.sigma.detach().clone()  # the buffer changes in the next forward
         check = step % self.every == 0
-        for name, layer in weight_layers(module).items():
-            if name in sn:
+        for name, layer in plain.items():
+            if layer.weight.dim() < 2 or layer.weight.numel() == 0:  # as weight_layers
                 continue
             key = f"{prefix}/{name}"
             if check or key not in self._last:

@@ -22,6 +22,7 @@ class EvalConfig(Section):
     features_path: str | None = Field(None, description="Weights of the feature network: a path or fsspec URL (inception: pt_inception-2015-12-05-6726825d.pth).")
     features_sha256: str | None = Field(None, description="Expected sha256 of the weights (default for inception: the file's published prefix 6726825d).")
     resize: Literal["pytorch_fid", "clean", "tf_compat"] = Field("pytorch_fid", description="Inception input: images quantized to uint8, then resized to 299 as pytorch-fid (torch bilinear), clean-fid (PIL bicubic, antialias) or TF1/torch-fidelity (tf_compat); recorded with every result.")
+    reference_stats: str | None = Field(None, description="FID reference statistics from `gandist eval stats` (.npz over the whole dataset, no flips); refused when its data, resolution, resize or feature network differ; results record its sha256.")
     batch_size: int = Field(250, gt=0, description="Samples per generator/feature batch.")
     kid_subsets: int = Field(100, gt=0, description="KID: number of random subsets.")
     kid_subset_size: int = Field(1000, gt=1, description="KID: samples per subset (capped at the samples available).")

@@ -210,6 +210,7 @@ def load_inception(url: str, sha256: str | None = None, resize: str = "pytorch_f
     net = InceptionV3FID(resize)
     check_state_matches(net, state, url)
     net.load_state_dict(state, strict=False)
+    net.weights_sha256 = digest  # results and reference statistics are keyed by the file's sha256
     return net.eval().requires_grad_(False)
 
 

@@ -45,7 +45,7 @@ class Evaluator:
     """Periodic evaluation during training and after it (`gandist eval`), with best-metric tracking."""
 
     def __init__(self, cfg, run_dir: str | None = None, *, metrics: list[str] | None = None, num: int | None = None,
-                 features: str | None = None, features_path: str | None = None):
+                 features: str | None = None, features_path: str | None = None, reference_stats: str | None = None):
         from gandist.data.sources import build_source
 
         self.cfg = cfg
@@ -59,8 +59,10 @@ class Evaluator:
         self.source = build_source(cfg.data)
         self._check()
         self._feature_net = None
-        self._reference = None  # (FeatureStats, FeatureBuffer | None), computed once
+        self._reference = None  # (FeatureStats | StoredStats, FeatureBuffer | None), computed once
         self.best: tuple | None = None
+        self.reference_stats = reference_stats or self.ecfg.reference_stats
+        self.stored_stats = self._stored_stats() if self.reference_stats and "fid" in self.metrics else None
 
     def _check(self) -> None:
         """Clear errors for metrics that do not fit the data or the sample count."""
@@ -73,6 +75,12 @@ class Evaluator:
             need = min_samples(m, k=self.ecfg.pr_k, splits=self.ecfg.is_splits)
             if self.num < need:
                 raise UserError(f"eval: {m} needs at least {need} samples, got --num/eval.num {self.num}")
+
+    def _stored_stats(self):
+        """eval.reference_stats, checked against this evaluation's key before any work (mismatch: an error)."""
+        from gandist.eval.reference_stats import StoredStats, stats_key
+
+        return StoredStats(self.reference_stats, stats_key(self.cfg.data, self.feature_net("cpu"), self.ecfg.resize))
 
     # -- feature network and reference statistics ------------------------------------------------------------
     def feature_net(self, device) -> torch.nn.Module:
@@ -99,8 +107,11 @@ class Evaluator:
             net = self.feature_net(device)
             n = self.ecfg.reference_num or self.num
             bs = self.ecfg.batch_size
-            stats = FeatureStats(net.feature_dim)
+            stats = self.stored_stats or FeatureStats(net.feature_dim)
             buffer = FeatureBuffer(min(n, self.ecfg.max_buffer)) if self._buffer_needed() else None
+            if self.stored_stats is not None and buffer is None:
+                self._reference = (stats, None)
+                return self._reference
             it = self.source.loader(0, 1, bs, _stream_seed(self.ecfg.seed, "eval-real"))
             try:
                 for j in range(math.ceil(n / bs)):
@@ -109,12 +120,14 @@ class Evaluator:
                         continue
                     x = x[: n - j * bs].to(device)
                     f, _ = net(x)
-                    stats.update(f)
+                    if self.stored_stats is None:
+                        stats.update(f)
                     if buffer is not None:
                         buffer.update(f, j * bs)
             finally:
                 it.close()
-            stats.all_reduce(strategy)
+            if self.stored_stats is None:
+                stats.all_reduce(strategy)
             self._reference = (stats, buffer.gather(strategy) if buffer is not None else None)
         return self._reference
 
@@ -185,6 +198,8 @@ class Evaluator:
             ref_stats, real_feats = self.reference(strategy, device)
         if "fid" in self.metrics:
             out["fid"] = frechet_distance(*ref_stats.mean_cov(), *stats.mean_cov())
+            if self.stored_stats is not None:  # which statistics the number is against
+                out["reference_stats"], out["reference_stats_sha256"] = self.stored_stats.path, self.stored_stats.sha256
         if "kid" in self.metrics:
             out["kid"], out["kid_std"] = kernel_inception_distance(
                 real_feats, fake_feats, self.ecfg.kid_subsets, self.ecfg.kid_subset_size, self.ecfg.seed)

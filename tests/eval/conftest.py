@@ -21,3 +21,17 @@ def digits_cache(tmp_path_factory):
         os.environ.pop("GANDIST_CACHE", None)
     else:
         os.environ["GANDIST_CACHE"] = old
+
+
+@pytest.fixture
+def untrained_digits_cache(tmp_path, monkeypatch):
+    """GANDIST_CACHE holding a seeded, untrained digits network (the real architecture, no 20 s of training)."""
+    import torch
+
+    from gandist.eval.features import DIGITS_FILE, DigitsNet, save_digits_net
+
+    torch.manual_seed(0)
+    net = DigitsNet().eval().requires_grad_(False)
+    save_digits_net(net, 0.0, tmp_path / DIGITS_FILE)
+    monkeypatch.setenv("GANDIST_CACHE", str(tmp_path))
+    return {"folder": tmp_path, "net": net}

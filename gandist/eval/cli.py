@@ -18,6 +18,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--features", choices=("digits", "inception"), default=None, help="feature network (default: eval.features)")
     p.add_argument("--features-path", default=None, help="weights path or fsspec URL (inception: pt_inception-2015-12-05-6726825d.pth)")
     p.add_argument("--reference-stats", default=None, help="FID against this `gandist eval stats` file (default: eval.reference_stats)")
+    p.add_argument("--truncation", default=None, metavar="PSI,...",
+                   help="truncation curve: the metrics at each psi, e.g. 1.0,0.7,0.5 (JSON + PNG plot)")
     p.add_argument("--no-ema", action="store_true", help="evaluate G instead of its EMA copy")
     p.add_argument("--out", default=None, help="JSON output file (default: RUN_DIR/eval/eval-STEP.json)")
     p.set_defaults(func=run_eval)
@@ -84,10 +86,17 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     if args.num is not None and args.num <= 0:
         raise UserError(f"--num {args.num}: give a positive number of samples")
+    truncations = None
+    if args.truncation is not None:
+        from gandist.eval.truncation import parse_truncations
+
+        truncations = parse_truncations(args.truncation)
     run = load_run(str(run_dir), checkpoint=_checkpoint_arg(args.checkpoint))
     evaluator = Evaluator(run.config, str(run_dir), metrics=metrics, num=args.num, features=args.features,
                           features_path=args.features_path, reference_stats=args.reference_stats)
     G = run.G if args.no_ema or getattr(run, "G_ema", None) is None else run.G_ema
+    if truncations is not None:
+        return _write_curve(args, run, evaluator, G, truncations)
     result = {"step": run.step, "checkpoint": str(args.checkpoint), "net": "G" if G is run.G else "G_ema",
               **evaluator.evaluate(G)}
     out = Path(args.out) if args.out else run_dir / "eval" / f"eval-{run.step:08d}.json"
@@ -138,6 +147,24 @@ def run_stats(args: argparse.Namespace) -> int:
     stats = dataset_stats(build_source(cfg.data), net, ecfg.batch_size, progress=True)
     sha = save_stats(out, stats, key)
     print(f"wrote {out}: {stats.n} images, {key['features']} features, resize {key['resize']}, sha256 {sha}")
+    return 0
+
+
+def _write_curve(args, run, evaluator, G, truncations: list[float]) -> int:
+    """`gandist eval --truncation`: JSON of the metrics per psi and a PNG plot beside it."""
+    from gandist.eval.truncation import format_curve, plot_curve, truncation_curve
+
+    rows = truncation_curve(evaluator, G, truncations)
+    out = Path(args.out) if args.out else Path(run.run_dir) / "eval" / f"truncation-{run.step:08d}.json"
+    png = out.with_suffix(".png")
+    net = "G" if G is run.G else "G_ema"
+    plotted = plot_curve(rows, png, f"{Path(run.run_dir).name} step {run.step} ({net})")
+    result = {"step": run.step, "checkpoint": str(args.checkpoint), "net": net, "plot": str(png),
+              "plotted": plotted, "curve": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(format_curve(rows))
+    print(f"wrote {out} and {png}")
     return 0
 
 

@@ -133,17 +133,21 @@ class Evaluator:
 
     # -- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, G: torch.nn.Module, strategy=None) -> dict:
-        """All configured metrics of generator G (every rank calls it; every rank gets the same dict)."""
+    def evaluate(self, G: torch.nn.Module, strategy=None, truncation: float = 1.0) -> dict:
+        """All configured metrics of generator G (every rank calls it; every rank gets the same dict); truncation
+        psi != 1 samples G(z, y, truncation=psi), the same latents at every psi."""
         rank, world = _rank_world(strategy)
         device = next(G.parameters()).device
         start = time.perf_counter()
         was_training = G.training
         G.eval()
         try:
+            self._truncation = truncation
             out = self._evaluate(G, strategy, rank, world, device)
         finally:
             G.train(was_training)
+        if truncation != 1.0:
+            out["truncation"] = truncation
         out["seconds"] = round(time.perf_counter() - start, 3)
         return out
 
@@ -154,7 +158,8 @@ class Evaluator:
         y = None
         if getattr(G, "num_classes", 0):
             y = torch.randint(G.num_classes, (n,), generator=gen).to(device)
-        return G(z, y).float()
+        psi = getattr(self, "_truncation", 1.0)
+        return (G(z, y, truncation=psi) if psi != 1.0 else G(z, y)).float()
 
     def _evaluate(self, G, strategy, rank: int, world: int, device) -> dict:
         bs, n = self.ecfg.batch_size, self.num

@@ -20,6 +20,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--reference-stats", default=None, help="FID against this `gandist eval stats` file (default: eval.reference_stats)")
     p.add_argument("--truncation", default=None, metavar="PSI,...",
                    help="truncation curve: the metrics at each psi, e.g. 1.0,0.7,0.5 (JSON + PNG plot)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="override an eval key of the run's config, e.g. --set eval.pr_k=5 (repeatable)")
+    p.add_argument("--lpips-path", default=None, help="ppl: lpips v0.1 vgg.pth (default: eval.lpips_path)")
+    p.add_argument("--vgg16-path", default=None, help="ppl: torchvision vgg16-397923af.pth (default: eval.vgg16_path)")
     p.add_argument("--no-ema", action="store_true", help="evaluate G instead of its EMA copy")
     p.add_argument("--out", default=None, help="JSON output file (default: RUN_DIR/eval/eval-STEP.json)")
     p.set_defaults(func=run_eval)
@@ -70,6 +74,24 @@ def format_table(result: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _with_eval_overrides(cfg, args: argparse.Namespace):
+    """The run's config with --set eval.* overrides and --lpips-path/--vgg16-path applied (validated again)."""
+    from gandist.config import apply_override, config_from_dict, parse_override
+
+    overrides = list(args.overrides)
+    overrides += [f"eval.{key}={value}" for key, value in (("lpips_path", args.lpips_path),
+                                                           ("vgg16_path", args.vgg16_path)) if value]
+    if not overrides:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[0] != "eval":
+            raise UserError(f"--set {text}: gandist eval changes only eval.* keys; retrain to change {keys[0]}")
+        apply_override(data, keys, value)
+    return config_from_dict(data, "--set")
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of `gandist eval`."""
     from gandist.api import load_run
@@ -92,6 +114,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
         truncations = parse_truncations(args.truncation)
     run = load_run(str(run_dir), checkpoint=_checkpoint_arg(args.checkpoint))
+    run.config = _with_eval_overrides(run.config, args)
     evaluator = Evaluator(run.config, str(run_dir), metrics=metrics, num=args.num, features=args.features,
                           features_path=args.features_path, reference_stats=args.reference_stats)
     G = run.G if args.no_ema or getattr(run, "G_ema", None) is None else run.G_ema

@@ -61,6 +61,7 @@ class Evaluator:
         self._feature_net = None
         self._reference = None  # (FeatureStats | StoredStats, FeatureBuffer | None), computed once
         self.best: tuple | None = None
+        self.lpips = self._lpips() if "ppl" in self.metrics else None  # loaded now: a bad file fails before work
         self.reference_stats = reference_stats or self.ecfg.reference_stats
         self.stored_stats = self._stored_stats() if self.reference_stats and "fid" in self.metrics else None
 
@@ -71,10 +72,20 @@ class Evaluator:
             raise UserError(f"eval.metrics: {', '.join(image_metrics)} need images; toy2d data supports only modes")
         if "modes" in self.metrics and self.kind not in ("toy2d", "stacked_digits"):
             raise UserError(f"eval.metrics: modes needs data.kind toy2d or stacked_digits, not {self.kind}")
+        if "intra_fid" in self.metrics:
+            from gandist.eval.intra_fid import check_intra_fid
+
+            check_intra_fid(self.source)
         for m in self.metrics:
             need = min_samples(m, k=self.ecfg.pr_k, splits=self.ecfg.is_splits)
             if self.num < need:
                 raise UserError(f"eval: {m} needs at least {need} samples, got --num/eval.num {self.num}")
+
+    def _lpips(self):
+        from gandist.eval.lpips import load_lpips
+
+        e = self.ecfg
+        return load_lpips(e.lpips_path, e.vgg16_path, e.lpips_sha256, e.vgg16_sha256)
 
     def _stored_stats(self):
         """eval.reference_stats, checked against this evaluation's key before any work (mismatch: an error)."""
@@ -169,7 +180,8 @@ class Evaluator:
         buffer = FeatureBuffer(min(n, self.ecfg.max_buffer)) if use_features and self._buffer_needed() else None
         is_stats = InceptionScoreStats(net.num_classes, self.ecfg.is_splits) if "is" in self.metrics else None
         modes = FeatureBuffer(n) if "modes" in self.metrics else None
-        for j in range(math.ceil(n / bs)):
+        main_pass = use_features or modes is not None  # intra_fid and ppl sample on their own
+        for j in range(math.ceil(n / bs) if main_pass else 0):
             if j % world != rank:
                 continue
             x = self._sample(G, j, min(bs, n - j * bs), device)
@@ -190,6 +202,31 @@ class Evaluator:
         if use_features:
             out.update(self._feature_metrics(stats.all_reduce(strategy), buffer.gather(strategy) if buffer else None,
                                              is_stats.all_reduce(strategy) if is_stats else None, strategy, device))
+        out.update(self._path_and_class_metrics(G, strategy, device))
+        return out
+
+    def _path_and_class_metrics(self, G, strategy, device) -> dict:
+        """intra_fid and ppl: passes of their own (per class; latent pairs)."""
+        out: dict = {}
+        e = self.ecfg
+        if "intra_fid" in self.metrics:
+            from gandist.eval.intra_fid import intra_fid
+
+            classes = self.source.info.num_classes
+            out.update(intra_fid(G, self.source, self.feature_net(device), per_class=e.intra_fid_num or max(
+                2, self.num // classes), batch_size=e.batch_size, seed=e.seed,
+                truncation=getattr(self, "_truncation", 1.0), strategy=strategy))
+            out["features"] = self.features
+        if "ppl" in self.metrics:
+            from gandist.eval.ppl import filtered_mean, path_lengths, resolve_space
+
+            lpips = self.lpips.to(device)
+            lengths = path_lengths(G, lpips, e.ppl_num or self.num, space=e.ppl_space, sampling=e.ppl_sampling,
+                                   epsilon=e.ppl_epsilon, crop=e.ppl_crop, batch_size=e.batch_size, seed=e.seed,
+                                   strategy=strategy)
+            out.update({"ppl": filtered_mean(lengths), "ppl_space": resolve_space(G, e.ppl_space),
+                        "ppl_sampling": e.ppl_sampling, "ppl_epsilon": e.ppl_epsilon,
+                        "lpips_sha256": lpips.weights_sha256["lpips"], "vgg16_sha256": lpips.weights_sha256["vgg16"]})
         return out
 
     def _mode_metrics(self, samples: torch.Tensor) -> dict:

@@ -19,6 +19,10 @@ SUBSYSTEM_CLIS = (
     "gandist.orchestrate.cli",  # submit, jobs
 )
 
+# Two-word commands whose first word is also a command with a positional (`gandist eval RUN_DIR`): routed to their
+# own parser, so `gandist eval stats --help` shows the stats options
+NESTED_COMMANDS = {("eval", "stats"): "eval-stats"}
+
 EXIT_USER_ERROR = UserError.exit_code  # 2
 EXIT_WATCHDOG_GAVE_UP = WatchdogGaveUp.exit_code  # 3
 
@@ -40,10 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def route_nested(argv: list[str]) -> list[str]:
+    """`eval stats ...` -> `eval-stats ...` (NESTED_COMMANDS); a run dir named `stats` still evaluates."""
+    argv = list(argv)
+    name = NESTED_COMMANDS.get(tuple(argv[:2]))
+    if name and not os.path.isfile(os.path.join(argv[1], "config.yaml")):
+        return [name, *argv[2:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(route_nested(sys.argv[1:] if argv is None else argv))
     if threading.current_thread() is threading.main_thread():
         # Ctrl-C / SIGINT saves a checkpoint (train) or stops --watch: a process started in the background of a
         # non-interactive shell (`gandist train ... &`, nohup, some CI runners) inherits SIGINT ignored, and Python

@@ -74,6 +74,8 @@ METRICS = {
     "is": "gandist.eval.inception_score:InceptionScoreStats",
     "pr": "gandist.eval.precision_recall:precision_recall",
     "modes": "gandist.eval.modes:toy2d_coverage",  # stacked_digits_coverage beside it, picked by data.kind
+    "intra_fid": "gandist.eval.intra_fid:intra_fid",
+    "ppl": "gandist.eval.ppl:path_lengths",
 }
 
 

@@ -17,9 +17,28 @@ def add_cli(subparsers) -> None:
     p.add_argument("--checkpoint", default="latest", help="STEP, best or latest (default: latest)")
     p.add_argument("--features", choices=("digits", "inception"), default=None, help="feature network (default: eval.features)")
     p.add_argument("--features-path", default=None, help="weights path or fsspec URL (inception: pt_inception-2015-12-05-6726825d.pth)")
+    p.add_argument("--reference-stats", default=None, help="FID against this `gandist eval stats` file (default: eval.reference_stats)")
+    p.add_argument("--truncation", default=None, metavar="PSI,...",
+                   help="truncation curve: the metrics at each psi, e.g. 1.0,0.7,0.5 (JSON + PNG plot)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="override an eval key of the run's config, e.g. --set eval.pr_k=5 (repeatable)")
+    p.add_argument("--lpips-path", default=None, help="ppl: lpips v0.1 vgg.pth (default: eval.lpips_path)")
+    p.add_argument("--vgg16-path", default=None, help="ppl: torchvision vgg16-397923af.pth (default: eval.vgg16_path)")
     p.add_argument("--no-ema", action="store_true", help="evaluate G instead of its EMA copy")
     p.add_argument("--out", default=None, help="JSON output file (default: RUN_DIR/eval/eval-STEP.json)")
     p.set_defaults(func=run_eval)
+
+    s = subparsers.add_parser("eval-stats", help="reference statistics of a whole dataset (also `gandist eval stats`)")
+    s.add_argument("data", help="a config YAML (its data and eval sections), an image folder, or `digits`")
+    s.add_argument("--out", default=None, help="statistics .npz (default: the cache, named by the key's hash)")
+    s.add_argument("--resolution", type=int, default=None, help="folder/digits: image size (default: the data's default)")
+    s.add_argument("--channels", type=int, choices=(1, 3), default=None, help="folder/digits: 1 (grey) or 3 (RGB)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set eval.resize=clean (repeatable)")
+    s.add_argument("--features", choices=("digits", "inception"), default=None, help="feature network (default: eval.features)")
+    s.add_argument("--features-path", default=None, help="weights path or fsspec URL of the feature network")
+    s.add_argument("--force", action="store_true", help="overwrite an --out file computed for other settings")
+    s.set_defaults(func=run_stats)
 
     f = subparsers.add_parser("features", help="build a feature network for evaluation")
     f.add_argument("kind", choices=("digits",), help="digits: small CNN trained on scikit-learn's digits")
@@ -55,6 +74,24 @@ def format_table(result: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v:.6g}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _with_eval_overrides(cfg, args: argparse.Namespace):
+    """The run's config with --set eval.* overrides and --lpips-path/--vgg16-path applied (validated again)."""
+    from gandist.config import apply_override, config_from_dict, parse_override
+
+    overrides = list(args.overrides)
+    overrides += [f"eval.{key}={value}" for key, value in (("lpips_path", args.lpips_path),
+                                                           ("vgg16_path", args.vgg16_path)) if value]
+    if not overrides:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[0] != "eval":
+            raise UserError(f"--set {text}: gandist eval changes only eval.* keys; retrain to change {keys[0]}")
+        apply_override(data, keys, value)
+    return config_from_dict(data, "--set")
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Handler of `gandist eval`."""
     from gandist.api import load_run
@@ -71,10 +108,18 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserError(f"--metrics: unknown {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     if args.num is not None and args.num <= 0:
         raise UserError(f"--num {args.num}: give a positive number of samples")
+    truncations = None
+    if args.truncation is not None:
+        from gandist.eval.truncation import parse_truncations
+
+        truncations = parse_truncations(args.truncation)
     run = load_run(str(run_dir), checkpoint=_checkpoint_arg(args.checkpoint))
+    run.config = _with_eval_overrides(run.config, args)
     evaluator = Evaluator(run.config, str(run_dir), metrics=metrics, num=args.num, features=args.features,
-                          features_path=args.features_path)
+                          features_path=args.features_path, reference_stats=args.reference_stats)
     G = run.G if args.no_ema or getattr(run, "G_ema", None) is None else run.G_ema
+    if truncations is not None:
+        return _write_curve(args, run, evaluator, G, truncations)
     result = {"step": run.step, "checkpoint": str(args.checkpoint), "net": "G" if G is run.G else "G_ema",
               **evaluator.evaluate(G)}
     out = Path(args.out) if args.out else run_dir / "eval" / f"eval-{run.step:08d}.json"
@@ -82,6 +127,67 @@ def run_eval(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
     print(f"wrote {out}")
+    return 0
+
+
+def _stats_config(args: argparse.Namespace):
+    """The ExperimentConfig that `gandist eval stats DATA` describes (YAML, image folder or digits)."""
+    from gandist.config import load_config
+
+    # a whole config must validate; only its data and eval sections are used, so any image model will do
+    image = ["model.arch=dcgan"]
+    extra = [f"data.resolution={args.resolution}"] if args.resolution else []
+    extra += [f"data.channels={args.channels}"] if args.channels else []
+    if args.data.endswith((".yaml", ".yml")):
+        return load_config(args.data, [*args.overrides, *extra])
+    if args.data == "digits":
+        return load_config(None, [*image, "data.kind=digits", *extra, *args.overrides])
+    if Path(args.data).is_dir():
+        return load_config(None, [*image, "data.kind=folder", f"data.path={args.data}", *extra, *args.overrides])
+    raise UserError(f"{args.data}: give a config YAML, an image folder or `digits`")
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Handler of `gandist eval stats`: statistics of every image (no flips), written once per key."""
+    from gandist.data.sources import build_source
+    from gandist.eval.features import load_feature_net
+    from gandist.eval.reference_stats import (dataset_stats, default_stats_path, key_digest, key_mismatch,
+                                              read_key, save_stats, stats_key, file_sha256)
+
+    cfg = _stats_config(args)
+    ecfg = cfg.eval
+    features = args.features or ("digits" if ecfg.features == "auto" else ecfg.features)
+    net = load_feature_net(features, args.features_path or ecfg.features_path, ecfg.features_sha256, ecfg.resize)
+    key = stats_key(cfg.data, net, ecfg.resize)
+    out = Path(args.out) if args.out else default_stats_path(key)
+    if out.is_file():
+        problem = key_mismatch(read_key(out), key)
+        if problem is None:
+            print(f"{out}: up to date ({key_digest(key)}), sha256 {file_sha256(out)}")
+            return 0
+        if not args.force:
+            raise UserError(f"{out}: exists for other settings ({problem}); pass --force to replace it or another --out")
+    stats = dataset_stats(build_source(cfg.data), net, ecfg.batch_size, progress=True)
+    sha = save_stats(out, stats, key)
+    print(f"wrote {out}: {stats.n} images, {key['features']} features, resize {key['resize']}, sha256 {sha}")
+    return 0
+
+
+def _write_curve(args, run, evaluator, G, truncations: list[float]) -> int:
+    """`gandist eval --truncation`: JSON of the metrics per psi and a PNG plot beside it."""
+    from gandist.eval.truncation import format_curve, plot_curve, truncation_curve
+
+    rows = truncation_curve(evaluator, G, truncations)
+    out = Path(args.out) if args.out else Path(run.run_dir) / "eval" / f"truncation-{run.step:08d}.json"
+    png = out.with_suffix(".png")
+    net = "G" if G is run.G else "G_ema"
+    plotted = plot_curve(rows, png, f"{Path(run.run_dir).name} step {run.step} ({net})")
+    result = {"step": run.step, "checkpoint": str(args.checkpoint), "net": net, "plot": str(png),
+              "plotted": plotted, "curve": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(format_curve(rows))
+    print(f"wrote {out} and {png}")
     return 0
 
 

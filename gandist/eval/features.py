@@ -187,29 +187,34 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_inception(url: str, sha256: str | None = None, resize: str = "pytorch_fid") -> InceptionV3FID:
-    """InceptionV3-FID with weights from a path or fsspec URL; checks the sha256 (full if given, else the prefix)."""
-    import io
-
+def read_checked_weights(url: str, sha256: str | None, what: str, file_name: str) -> tuple[dict, str]:
+    """(state dict, sha256) of a weights file at a path or fsspec URL; `sha256` (a full digest or a prefix, such as
+    the torch.hub file-name convention) must match when given. Nothing is downloaded."""
     import fsspec
 
     try:
         with fsspec.open(url, "rb") as fh:
             data = fh.read()
     except (FileNotFoundError, OSError) as err:
-        raise UserError(f"{url}: cannot read the Inception weights ({err}); give the path of {INCEPTION_FILE}") from None
+        raise UserError(f"{url}: cannot read the {what} weights ({err}); give the path of {file_name}") from None
     digest = sha256_of(data)
-    expected = (sha256 or INCEPTION_SHA256_PREFIX).lower()
-    if not digest.startswith(expected):
-        raise UserError(f"{url}: sha256 {digest[:16]}... does not match the expected {expected[:16]}...; the file is "
-                        f"corrupt or not {INCEPTION_FILE} (re-fetch it, or pass its sha256 if you use other weights)")
+    if sha256 is not None and not digest.startswith(sha256.lower()):
+        raise UserError(f"{url}: sha256 {digest[:16]}... does not match the expected {sha256.lower()[:16]}...; the file "
+                        f"is corrupt or not {file_name} (re-fetch it, or pass its sha256 if you use other weights)")
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a weights file"
-        raise UserError(f"{url}: not a torch weights file ({type(err).__name__}); give {INCEPTION_FILE}") from None
+        raise UserError(f"{url}: not a torch weights file ({type(err).__name__}); give {file_name}") from None
+    return state, digest
+
+
+def load_inception(url: str, sha256: str | None = None, resize: str = "pytorch_fid") -> InceptionV3FID:
+    """InceptionV3-FID with weights from a path or fsspec URL; checks the sha256 (full if given, else the prefix)."""
+    state, digest = read_checked_weights(url, sha256 or INCEPTION_SHA256_PREFIX, "Inception", INCEPTION_FILE)
     net = InceptionV3FID(resize)
     check_state_matches(net, state, url)
     net.load_state_dict(state, strict=False)
+    net.weights_sha256 = digest  # results and reference statistics are keyed by the file's sha256
     return net.eval().requires_grad_(False)
 
 

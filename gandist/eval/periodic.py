@@ -43,7 +43,7 @@ class Evaluator:
     """Periodic evaluation during training and after it (`gandist eval`), with best-metric tracking."""
 
     def __init__(self, cfg, run_dir: str | None = None, *, metrics: list[str] | None = None, num: int | None = None,
-                 features: str | None = None, features_path: str | None = None):
+                 features: str | None = None, features_path: str | None = None, reference_stats: str | None = None):
         from gandist.data.sources import build_source
 
         self.cfg = cfg
@@ -57,13 +57,16 @@ class Evaluator:
         self.source = build_source(cfg.data)
         self._check()
         self._feature_net = None
-        self._reference = None  # (FeatureStats, FeatureBuffer | None), computed once
+        self._reference = None  # (FeatureStats | StoredStats, FeatureBuffer | None), computed once
         self.best: tuple | None = None
         self.early_stop = None  # eval.early_stop's stopper (checkpointed as its own part)
         if self.ecfg.early_stop is not None:
             from gandist.eval.early_stop import EarlyStopper
 
             self.early_stop = EarlyStopper(self.ecfg.early_stop)
+        self.lpips = self._lpips() if "ppl" in self.metrics else None  # loaded now: a bad file fails before work
+        self.reference_stats = reference_stats or self.ecfg.reference_stats
+        self.stored_stats = self._stored_stats() if self.reference_stats and "fid" in self.metrics else None
 
     def _check(self) -> None:
         """Clear errors for metrics that do not fit the data or the sample count."""
@@ -72,6 +75,10 @@ class Evaluator:
             raise UserError(f"eval.metrics: {', '.join(image_metrics)} need images; toy2d data supports only modes")
         if "modes" in self.metrics and self.kind not in ("toy2d", "stacked_digits"):
             raise UserError(f"eval.metrics: modes needs data.kind toy2d or stacked_digits, not {self.kind}")
+        if "intra_fid" in self.metrics:
+            from gandist.eval.intra_fid import check_intra_fid
+
+            check_intra_fid(self.source)
         for m in self.metrics:
             need = min_samples(m, k=self.ecfg.pr_k, splits=self.ecfg.is_splits)
             if self.num < need:
@@ -80,6 +87,18 @@ class Evaluator:
         if stop is not None and RESULTS[stop.metric] not in self.metrics:  # eval.metrics empty: the data's defaults
             raise UserError(f"eval.early_stop.metric={stop.metric} is computed by {RESULTS[stop.metric]!r}, which "
                             f"this run does not evaluate ({', '.join(self.metrics)}); add it to eval.metrics")
+
+    def _lpips(self):
+        from gandist.eval.lpips import load_lpips
+
+        e = self.ecfg
+        return load_lpips(e.lpips_path, e.vgg16_path, e.lpips_sha256, e.vgg16_sha256)
+
+    def _stored_stats(self):
+        """eval.reference_stats, checked against this evaluation's key before any work (mismatch: an error)."""
+        from gandist.eval.reference_stats import StoredStats, stats_key
+
+        return StoredStats(self.reference_stats, stats_key(self.cfg.data, self.feature_net("cpu"), self.ecfg.resize))
 
     # -- feature network and reference statistics ------------------------------------------------------------
     def feature_net(self, device) -> torch.nn.Module:
@@ -106,8 +125,11 @@ class Evaluator:
             net = self.feature_net(device)
             n = self.ecfg.reference_num or self.num
             bs = self.ecfg.batch_size
-            stats = FeatureStats(net.feature_dim)
+            stats = self.stored_stats or FeatureStats(net.feature_dim)
             buffer = FeatureBuffer(min(n, self.ecfg.max_buffer)) if self._buffer_needed() else None
+            if self.stored_stats is not None and buffer is None:
+                self._reference = (stats, None)
+                return self._reference
             it = self.source.loader(0, 1, bs, _stream_seed(self.ecfg.seed, "eval-real"))
             try:
                 for j in range(math.ceil(n / bs)):
@@ -116,28 +138,34 @@ class Evaluator:
                         continue
                     x = x[: n - j * bs].to(device)
                     f, _ = net(x)
-                    stats.update(f)
+                    if self.stored_stats is None:
+                        stats.update(f)
                     if buffer is not None:
                         buffer.update(f, j * bs)
             finally:
                 it.close()
-            stats.all_reduce(strategy)
+            if self.stored_stats is None:
+                stats.all_reduce(strategy)
             self._reference = (stats, buffer.gather(strategy) if buffer is not None else None)
         return self._reference
 
     # -- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, G: torch.nn.Module, strategy=None) -> dict:
-        """All configured metrics of generator G (every rank calls it; every rank gets the same dict)."""
+    def evaluate(self, G: torch.nn.Module, strategy=None, truncation: float = 1.0) -> dict:
+        """All configured metrics of generator G (every rank calls it; every rank gets the same dict); truncation
+        psi != 1 samples G(z, y, truncation=psi), the same latents at every psi."""
         rank, world = _rank_world(strategy)
         device = next(G.parameters()).device
         start = time.perf_counter()
         was_training = G.training
         G.eval()
         try:
+            self._truncation = truncation
             out = self._evaluate(G, strategy, rank, world, device)
         finally:
             G.train(was_training)
+        if truncation != 1.0:
+            out["truncation"] = truncation
         out["seconds"] = round(time.perf_counter() - start, 3)
         return out
 
@@ -148,7 +176,8 @@ class Evaluator:
         y = None
         if getattr(G, "num_classes", 0):
             y = torch.randint(G.num_classes, (n,), generator=gen).to(device)
-        return G(z, y).float()
+        psi = getattr(self, "_truncation", 1.0)
+        return (G(z, y, truncation=psi) if psi != 1.0 else G(z, y)).float()
 
     def _evaluate(self, G, strategy, rank: int, world: int, device) -> dict:
         bs, n = self.ecfg.batch_size, self.num
@@ -158,7 +187,8 @@ class Evaluator:
         buffer = FeatureBuffer(min(n, self.ecfg.max_buffer)) if use_features and self._buffer_needed() else None
         is_stats = InceptionScoreStats(net.num_classes, self.ecfg.is_splits) if "is" in self.metrics else None
         modes = FeatureBuffer(n) if "modes" in self.metrics else None
-        for j in range(math.ceil(n / bs)):
+        main_pass = use_features or modes is not None  # intra_fid and ppl sample on their own
+        for j in range(math.ceil(n / bs) if main_pass else 0):
             if j % world != rank:
                 continue
             x = self._sample(G, j, min(bs, n - j * bs), device)
@@ -179,6 +209,31 @@ class Evaluator:
         if use_features:
             out.update(self._feature_metrics(stats.all_reduce(strategy), buffer.gather(strategy) if buffer else None,
                                              is_stats.all_reduce(strategy) if is_stats else None, strategy, device))
+        out.update(self._path_and_class_metrics(G, strategy, device))
+        return out
+
+    def _path_and_class_metrics(self, G, strategy, device) -> dict:
+        """intra_fid and ppl: passes of their own (per class; latent pairs)."""
+        out: dict = {}
+        e = self.ecfg
+        if "intra_fid" in self.metrics:
+            from gandist.eval.intra_fid import intra_fid
+
+            classes = self.source.info.num_classes
+            out.update(intra_fid(G, self.source, self.feature_net(device), per_class=e.intra_fid_num or max(
+                2, self.num // classes), batch_size=e.batch_size, seed=e.seed,
+                truncation=getattr(self, "_truncation", 1.0), strategy=strategy))
+            out["features"] = self.features
+        if "ppl" in self.metrics:
+            from gandist.eval.ppl import filtered_mean, path_lengths, resolve_space
+
+            lpips = self.lpips.to(device)
+            lengths = path_lengths(G, lpips, e.ppl_num or self.num, space=e.ppl_space, sampling=e.ppl_sampling,
+                                   epsilon=e.ppl_epsilon, crop=e.ppl_crop, batch_size=e.batch_size, seed=e.seed,
+                                   strategy=strategy)
+            out.update({"ppl": filtered_mean(lengths), "ppl_space": resolve_space(G, e.ppl_space),
+                        "ppl_sampling": e.ppl_sampling, "ppl_epsilon": e.ppl_epsilon,
+                        "lpips_sha256": lpips.weights_sha256["lpips"], "vgg16_sha256": lpips.weights_sha256["vgg16"]})
         return out
 
     def _mode_metrics(self, samples: torch.Tensor) -> dict:
@@ -192,6 +247,8 @@ class Evaluator:
             ref_stats, real_feats = self.reference(strategy, device)
         if "fid" in self.metrics:
             out["fid"] = frechet_distance(*ref_stats.mean_cov(), *stats.mean_cov())
+            if self.stored_stats is not None:  # which statistics the number is against
+                out["reference_stats"], out["reference_stats_sha256"] = self.stored_stats.path, self.stored_stats.sha256
         if "kid" in self.metrics:
             out["kid"], out["kid_std"] = kernel_inception_distance(
                 real_feats, fake_feats, self.ecfg.kid_subsets, self.ecfg.kid_subset_size, self.ecfg.seed)

@@ -21,3 +21,34 @@ def digits_cache(tmp_path_factory):
         os.environ.pop("GANDIST_CACHE", None)
     else:
         os.environ["GANDIST_CACHE"] = old
+
+
+@pytest.fixture
+def untrained_digits_cache(tmp_path, monkeypatch):
+    """GANDIST_CACHE holding a seeded, untrained digits network (the real architecture, no 20 s of training)."""
+    import torch
+
+    from gandist.eval.features import DIGITS_FILE, DigitsNet, save_digits_net
+
+    torch.manual_seed(0)
+    net = DigitsNet().eval().requires_grad_(False)
+    save_digits_net(net, 0.0, tmp_path / DIGITS_FILE)
+    monkeypatch.setenv("GANDIST_CACHE", str(tmp_path))
+    return {"folder": tmp_path, "net": net}
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_run(tmp_path_factory):
+    """A 4-step conditional DCGAN run on digits (a checkpoint to evaluate, in about a second)."""
+    from pathlib import Path
+
+    from gandist.config import load_config
+    from gandist.train.loop import run_training
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "demo_digits.yaml", [
+        "train.steps=4", "train.batch_size=16", "checkpoint.every=4", "model.ch=8", "train.ema.start_step=0",
+        "telemetry.progress=false", "telemetry.sample_every=0"])
+    run_dir = tmp_path_factory.mktemp("tiny-digits") / "run"
+    run_training(cfg, str(run_dir))
+    return run_dir

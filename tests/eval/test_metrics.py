@@ -187,9 +187,11 @@ def test_every_metric_name_resolves_to_its_family_module():
     from gandist.eval.config import METRICS
     from gandist.registry import METRICS as HOMES, resolve
 
-    assert METRICS == ("fid", "kid", "is", "pr", "modes")
+    assert METRICS == ("fid", "kid", "is", "pr", "modes", "intra_fid", "ppl")
     assert resolve(HOMES, "fid", "eval.metrics") is frechet_distance
     assert resolve(HOMES, "kid", "eval.metrics") is kernel_inception_distance
     assert resolve(HOMES, "is", "eval.metrics") is InceptionScoreStats
     assert resolve(HOMES, "pr", "eval.metrics") is precision_recall
     assert resolve(HOMES, "modes", "eval.metrics").__module__ == "gandist.eval.modes"
+    assert resolve(HOMES, "intra_fid", "eval.metrics").__module__ == "gandist.eval.intra_fid"
+    assert resolve(HOMES, "ppl", "eval.metrics").__module__ == "gandist.eval.ppl"

@@ -6,7 +6,7 @@ import torch
 from gandist.config import ConfigError, load_config
 from gandist.optim import KINDS, build_optimizer, lazy_optim
 from gandist.train.loop import run_training
-from tests.core.test_resume import _weights
+from tests.train.test_resume import _weights
 
 TINY = ["model.arch=mlp", "model.hidden=16", "model.depth=2", "data.kind=toy2d", "train.batch_size=32",
         "telemetry.progress=false", "telemetry.sample_every=0", "checkpoint.keep_last=5"]

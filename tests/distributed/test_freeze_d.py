@@ -7,7 +7,7 @@ import gandist
 from distkit import gandist as run_gandist
 from distkit import torchrun
 
-from closeness import MODEL_RTOL, compare_state, matches
+from closekit import MODEL_RTOL, compare_state, matches
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
 Four steps of configs/progan_digits.yaml shrunk: two at 8 px, then 16 px fading in (alpha 0, 0.5), with the Adam
 reset at the new level, the EMA, cross-replica BN and the auxiliary class head; G, D and the EMA G compared by
-tests/closeness.py's rules after every step.
+tests/closekit.py's rules after every step.
 """
 from __future__ import annotations
 

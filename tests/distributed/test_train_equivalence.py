@@ -1,7 +1,7 @@
 """`gandist train` under torchrun (2 gloo ranks): ddp and zero* give single's weights; checkpoints cross strategies.
 
 Per-rank batch b on 2 ranks against batch 2b on one process, from the same seed: G, D and EMA parameters within
-tests/closeness.py's rules (model-wide 1e-5 relative, every element within 2e-5 + 1e-4 |b|) after every leg.
+tests/closekit.py's rules (model-wide 1e-5 relative, every element within 2e-5 + 1e-4 |b|) after every leg.
 One run dir is carried through ddp -> zero2 -> zero2 -> ddp legs, which covers the
 checkpoint paths: ddp resumes under zero2, zero2 (2 ranks) resumes on 2 ranks, zero2's checkpoint loads on one
 process for `gandist generate`, and zero2 resumes under ddp.
@@ -18,7 +18,7 @@ import gandist
 from distkit import gandist as run_gandist
 from distkit import torchrun
 
-from closeness import MODEL_RTOL, compare_state
+from closekit import MODEL_RTOL, compare_state
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def biases_cancelled_by_batch_norm(G: torch.nn.Module) -> set[str]:
 
 
 def mismatch(run_a, run_b, step: int) -> dict:
-    """G, D and the EMA G of two runs at checkpoint `step`, compared as tests/closeness.py says: per net the worst
+    """G, D and the EMA G of two runs at checkpoint `step`, compared as tests/closekit.py says: per net the worst
     elementwise excess (<= 1: every element within ATOL + RTOL |b|) and the model-wide relative error; BN running
     statistics on their own, since they average pre-BN activations that include the skipped biases."""
     a, b = gandist.load_run(str(run_a), checkpoint=step), gandist.load_run(str(run_b), checkpoint=step)
@@ -110,7 +110,7 @@ def mismatch(run_a, run_b, step: int) -> dict:
 
 
 def assert_match(err: dict, *, running: bool = False) -> None:
-    """G, D and the EMA G pass both rules of tests/closeness.py (and the BN running statistics, if asked)."""
+    """G, D and the EMA G pass both rules of tests/closekit.py (and the BN running statistics, if asked)."""
     parts = ["G", "D", "G_ema"] + (["G running", "G_ema running"] if running else [])
     assert all(err[p] <= 1 and err[f"{p} model"] < MODEL_RTOL for p in parts), err
 

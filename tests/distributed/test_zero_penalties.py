@@ -19,7 +19,7 @@ import gandist
 from distkit import gandist as run_gandist
 from distkit import torchrun
 
-from closeness import compare_state
+from closekit import compare_state
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def train(base: list[str], run_dir, strategy: str = "single", penalties: str | N
 
 
 def compare(run_a, run_b, step: int) -> dict[str, dict]:
-    """Per net, tests/closeness.py's report at this file's stricter ATOL/RTOL: `excess` <= 1 means every element is
+    """Per net, tests/closekit.py's report at this file's stricter ATOL/RTOL: `excess` <= 1 means every element is
     within ATOL + RTOL |b|; `model_relative` is ||a - b|| / ||b|| over the whole net."""
     a, b = gandist.load_run(str(run_a), checkpoint=step), gandist.load_run(str(run_b), checkpoint=step)
     return {net: compare_state(getattr(a, net).state_dict(), getattr(b, net).state_dict(), atol=ATOL, rtol=RTOL)

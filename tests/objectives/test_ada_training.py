@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import gandist
-from closeness import compare_state, matches
+from closekit import compare_state, matches
 from gandist.checkpoint import CheckpointStore
 from gandist.config import load_config
 from gandist.train.loop import run_training

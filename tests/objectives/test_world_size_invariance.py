@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import gandist
-from closeness import compare_state, matches
+from closekit import compare_state, matches
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def _gandist(argv: list[str], nproc: int) -> None:
 
 
 def _mismatch(run_a, run_b) -> dict[str, dict]:
-    """Per net: tests/closeness.py's report (model-wide relative error, worst elementwise excess and where)."""
+    """Per net: tests/closekit.py's report (model-wide relative error, worst elementwise excess and where)."""
     a, b = gandist.load_run(str(run_a)), gandist.load_run(str(run_b))
     return {net: compare_state(getattr(a, net).state_dict(), getattr(b, net).state_dict())
             for net in ("G", "D", "G_ema")}

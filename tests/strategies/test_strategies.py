@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distkit import spawn
-from closeness import compare_state, matches
+from closekit import compare_state, matches
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_every_strategy_matches_single_and_resumes_under_another(tmp_path):
     for name in STRATEGIES:
         got = ranks[0][name]
         for net in ("G", "D", "ema"):
-            # model-wide and elementwise rules of tests/closeness.py: stable across CPU vector widths
+            # model-wide and elementwise rules of tests/closekit.py: stable across CPU vector widths
             report = compare_state({k: got[net][k] for k in ref[net]}, ref[net])
             assert matches(report), (name, net, report)
         for net in ("G", "D"):  # grad norms before clipping, every step (clipping at 0.5 is active)

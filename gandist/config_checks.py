@@ -107,12 +107,6 @@ def check_freeze_d(cfg) -> None:
     n = cfg.model.freeze_d
     if not n:
         return
-    if _strategy(cfg).partitions_params:
-        # ZeRO-3 partitions frozen parameters too but keeps no fp32 copy of them, which its checkpoint
-        # consolidation (safe_get_full_fp32_param) reads: a frozen D could not be saved whole
-        raise ValueError(f"model.freeze_d needs whole frozen weights, which distributed.strategy="
-                         f"{cfg.distributed.strategy} partitions without a master copy; use distributed.strategy="
-                         "zero2, zero1 or ddp")
     from gandist.train.finetune import d_block_count  # builds D on the meta device: only with freeze_d
 
     count = d_block_count(cfg.model, cfg.data)

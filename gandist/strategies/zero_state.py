@@ -54,8 +54,8 @@ class ZeroCheckpointState:
                     weights[key] = buffers[key].detach().cpu().clone()
                     continue
                 p = params[key]
-                if id(p) not in stepped:  # frozen (model.freeze_d): whole on every rank, no fp32 copy, no moments
-                    weights[key] = p.detach().cpu().clone()
+                if id(p) not in stepped:  # frozen (model.freeze_d): no fp32 copy and no moments, only the weight
+                    weights[key] = self._frozen_weight(p)
                     continue
                 shape = tuple(getattr(p, "ds_shape", p.shape))
                 weights[key] = safe_get_full_fp32_param(p).reshape(shape).cpu().to(p.dtype).clone()
@@ -66,6 +66,17 @@ class ZeroCheckpointState:
             shared[n] = weights
             shared["optim"][n] = {"params": moments}
         return shared, {}
+
+    def _frozen_weight(self, p: nn.Parameter) -> torch.Tensor:
+        """A frozen parameter's full weight: whole on every rank under ZeRO-1/2; ZeRO-3 partitions it like the
+        others but keeps no fp32 master copy to consolidate from, so it is all-gathered (a collective, in the same
+        key order on every rank). Frozen weights are never stepped, so the module's copy is the exact value."""
+        if self.stage < 3:
+            return p.detach().cpu().clone()
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+            return p.detach().cpu().clone()
 
     def _ensure_adam_state(self, name: str, step: float) -> None:
         """Create (zero) Adam state on the flat partitions so that by-name moments can be written into it."""
@@ -98,8 +109,9 @@ class ZeroCheckpointState:
                     buffers[key].data.copy_(weights[key])
                     continue
                 p, value = params[key], weights[key].to(self.device).float()
-                if id(p) not in stepped:  # frozen: the optimizer holds no copy of it (ZeRO-3 is refused with it)
-                    p.data.copy_(value.to(p.dtype))
+                if id(p) not in stepped:  # frozen: the optimizer holds no copy of it
+                    if self.stage < 3:  # ZeRO-3's partitions are written below, with every other weight
+                        p.data.copy_(value.to(p.dtype))
                     continue
                 self._set_full(p, value)
                 if self.stage < 3:

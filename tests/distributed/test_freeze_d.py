@@ -1,5 +1,8 @@
 """FreezeD under torchrun (2 gloo ranks): D's frozen blocks keep the source run's weights, and ddp and zero2 give
-single's fine-tuned weights (zero2 builds its engines after the blocks are frozen and saves them whole)."""
+single's fine-tuned weights (zero2 and zero3 build their engines after the blocks are frozen; zero3 all-gathers
+the frozen partitions to save them whole, since it keeps no fp32 master copy of a parameter it never steps)."""
+import json
+
 import pytest
 import torch
 
@@ -36,7 +39,7 @@ def runs(tmp_path_factory):
     return root, fine
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
+@pytest.mark.parametrize("strategy", ["ddp", "zero2", "zero3"])
 def test_frozen_d_blocks_are_unchanged_and_match_single(runs, strategy, tmp_path):
     root, fine = runs
     train(tmp_path / strategy, 2, fine, strategy, nproc=2)
@@ -57,3 +60,17 @@ def test_frozen_d_blocks_are_unchanged_and_match_single(runs, strategy, tmp_path
     sg = single.G.state_dict()
     report = compare_state(got.G.state_dict(), sg, {k for k in sg if k.endswith(("running_mean", "running_var"))})
     assert report["model_relative"] < MODEL_RTOL, (strategy, "G", report)
+
+
+def test_zero3_resumes_a_frozen_d_and_keeps_it_frozen(runs, tmp_path):
+    """ZeRO-3's load writes the frozen partitions back with the other weights: a resume keeps them exactly."""
+    root, fine = runs
+    train(tmp_path / "z3", 2, fine, "zero3", nproc=2)
+    train(tmp_path / "z3", 3, fine, "zero3", nproc=2)  # resumes from step 2
+    events = [json.loads(line) for line in (tmp_path / "z3" / "events.jsonl").read_text().splitlines()]
+    assert [e["resumed_from"] for e in events if e["event"] == "start"] == [None, 2]
+    src, got = gandist.load_run(str(root / "source")), gandist.load_run(str(tmp_path / "z3"))
+    d_src, d_got = dict(src.D.named_parameters()), dict(got.D.named_parameters())
+    frozen = [k for k, p in d_src.items() if any(p is q for b in src.D.freeze_blocks()[:2] for q in b.parameters())]
+    assert frozen and all(torch.equal(d_got[k], d_src[k]) for k in frozen)
+    assert not torch.equal(d_got["fc.weight"], d_src["fc.weight"])  # the rest trained on through the resume

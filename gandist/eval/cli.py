@@ -51,6 +51,8 @@ def add_cli(subparsers) -> None:
                    help="lpips (--lpips-path/--vgg16-path or eval.lpips_path/vgg16_path) or digits (offline, tests)")
     j.add_argument("--lpips-path", default=None, help="lpips v0.1 vgg.pth (default: eval.lpips_path)")
     j.add_argument("--vgg16-path", default=None, help="torchvision vgg16-397923af.pth (default: eval.vgg16_path)")
+    j.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="override an eval key, e.g. --set eval.vgg16_sha256=HEX for other VGG16 weights (repeatable)")
     j.add_argument("--class", dest="class_id", type=int, default=None, help="class of a conditional G")
     j.add_argument("--checkpoint", default="latest", help="STEP, best or latest (default: latest)")
     j.add_argument("--seed", type=int, default=0, help="seed of the initial noise maps and the noise added to w")
@@ -225,8 +227,8 @@ def _project_config(args: argparse.Namespace, run_dir: Path):
     if cfg.model.arch != "stylegan2":
         raise UserError(f"{run_dir}: model.arch is {cfg.model.arch}; gandist project fits the w of a StyleGAN2 G, "
                         "give the run dir of a model.arch=stylegan2 run")
-    if args.distance == "lpips" and not ((args.lpips_path or cfg.eval.lpips_path) and
-                                         (args.vgg16_path or cfg.eval.vgg16_path)):
+    cfg = _with_eval_overrides(cfg, args)  # --set eval.*, --lpips-path, --vgg16-path
+    if args.distance == "lpips" and not (cfg.eval.lpips_path and cfg.eval.vgg16_path):
         raise UserError("--distance lpips needs the LPIPS-VGG16 weights: pass --lpips-path (lpips v0.1 vgg.pth) and "
                         "--vgg16-path (vgg16-397923af.pth), or set eval.lpips_path / eval.vgg16_path; nothing is "
                         "downloaded (--distance digits works offline on digits runs)")
@@ -254,8 +256,7 @@ def run_project(args: argparse.Namespace) -> int:
         from gandist.eval.lpips import load_lpips
 
         e = cfg.eval
-        net = load_lpips(args.lpips_path or e.lpips_path, args.vgg16_path or e.vgg16_path, e.lpips_sha256,
-                         e.vgg16_sha256)
+        net = load_lpips(e.lpips_path, e.vgg16_path, e.lpips_sha256, e.vgg16_sha256)
         distance, weights = lpips_distance(net), net.weights_sha256
     else:
         from gandist.eval.features import load_digits_net

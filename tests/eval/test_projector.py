@@ -96,6 +96,26 @@ def test_cli_writes_the_latent_the_image_and_a_progress_strip(tiny_sg2_run, untr
     assert summary["final_pixel_mse"] < summary["start_pixel_mse"] / 3
 
 
+def test_cli_projects_with_lpips_from_user_files_and_checks_their_sha256(tiny_sg2_run, random_lpips_files, tmp_path):
+    from PIL import Image
+
+    from gandist.cli import main
+
+    f, image, out = random_lpips_files, tmp_path / "target.png", tmp_path / "proj"
+    G = gandist.load_run(str(tiny_sg2_run)).G_ema
+    pixels = ((_target(G)[0, 0].clamp(-1, 1) + 1) * 127.5 + 0.5).numpy().astype(np.uint8)
+    Image.fromarray(pixels, "L").save(image)  # 16x16 grey: no resize
+    args = ["project", str(tiny_sg2_run), str(image), "--out", str(out), "--lpips-path", str(f["lpips"]),
+            "--vgg16-path", str(f["vgg16"]), "--steps", "30", "--snapshots", "0", "--no-progress"]
+    assert main(args) == 2 and not out.exists()  # random VGG16 weights are not torchvision's file: refused first
+    assert main([*args, "--set", f"eval.vgg16_sha256={f['vgg16_sha256']}"]) == 0
+    summary = json.loads((out / "projection.json").read_text())
+    # measured (2026-12-03, random LPIPS weights, 30 steps): LPIPS 0.0442 at w_avg -> 0.0085, pixel MSE 0.325 -> 0.032
+    assert summary["resized"] is None and summary["weights_sha256"]["vgg16"] == f["vgg16_sha256"]
+    assert summary["final_distance"] < summary["start_distance"] / 3
+    assert summary["final_pixel_mse"] < summary["start_pixel_mse"] / 3
+
+
 @pytest.mark.parametrize("case, message", [
     ("dcgan", "model.arch is dcgan; gandist project fits the w of a StyleGAN2 G"),
     ("rgb", "has 3 channels (PIL mode RGB) but the generator makes grey images (1 channel); convert it"),

@@ -32,7 +32,7 @@ def noise_buffers(G) -> list[torch.Tensor]:
 
 def noise_regularization(noises: list[torch.Tensor]) -> torch.Tensor:
     """Squared one-pixel autocorrelations (horizontal, vertical) of each map, at every scale down to 8x8."""
-    reg = torch.zeros(())
+    reg = noises[0].new_zeros(())
     for n in noises:
         n = n[None, None]
         while True:
@@ -52,8 +52,9 @@ def lr_at(t: float, lr: float, rampup: float = 0.05, rampdown: float = 0.25) -> 
 @torch.no_grad()
 def w_statistics(G, class_id: int | None, samples: int = 10000, seed: int = 123) -> tuple[torch.Tensor, float]:
     """(w_avg [1, w_dim], sigma_w) of the mapping's outputs for `samples` latents (of one class when conditional)."""
-    z = torch.randn(samples, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    y = torch.full((samples,), class_id, dtype=torch.long) if class_id is not None else None
+    device = next(G.parameters()).device
+    z = torch.randn(samples, G.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    y = torch.full((samples,), class_id, dtype=torch.long, device=device) if class_id is not None else None
     w = G.mapping(z, y)[:, 0, :].float()  # [N, w_dim]: every row of ws is the same w before truncation
     w_avg = w.mean(0, keepdim=True)
     return w_avg, float((w - w_avg).square().sum(1).mean().sqrt())
@@ -88,7 +89,7 @@ def project(G, target: torch.Tensor, distance, *, steps: int = 1000, space: str 
     names = [name for name, buf in G.synthesis.named_buffers() if name.endswith("noise_const")]
     noises = noise_buffers(G)
     for buf in noises:  # N(0, I) start; fitted in place on the copy, so synthesis(noise_mode='const') uses them
-        buf.copy_(torch.randn(buf.shape, generator=gen)).requires_grad_(True)
+        buf.copy_(torch.randn(buf.shape, generator=gen)).requires_grad_(True)  # CPU generator: same on any device
 
     def render(w: torch.Tensor) -> torch.Tensor:
         return G.synthesis(w.expand(1, G.num_ws, -1), noise_mode="const")
@@ -109,7 +110,7 @@ def project(G, target: torch.Tensor, distance, *, steps: int = 1000, space: str 
         for group in opt.param_groups:
             group["lr"] = lr_at(t, lr)
         w_noise = w_std * noise_factor * max(0.0, 1.0 - t / noise_ramp) ** 2
-        image = render(w_opt + torch.randn(w_opt.shape, generator=gen) * w_noise)
+        image = render(w_opt + torch.randn(w_opt.shape, generator=gen).to(w_opt.device) * w_noise)
         dist = distance(image, target).sum()
         loss = dist + noise_weight * noise_regularization(noises)
         opt.zero_grad(set_to_none=True)

@@ -1,4 +1,5 @@
-"""`gandist eval RUN_DIR` (metrics table + JSON) and `gandist features digits` (train the built-in feature net)."""
+"""`gandist eval RUN_DIR` (metrics table + JSON), `gandist eval stats`, `gandist project` (fit a StyleGAN2 w to an image)
+and `gandist features digits` (train the built-in feature net)."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,26 @@ def add_cli(subparsers) -> None:
     s.add_argument("--features-path", default=None, help="weights path or fsspec URL of the feature network")
     s.add_argument("--force", action="store_true", help="overwrite an --out file computed for other settings")
     s.set_defaults(func=run_stats)
+
+    j = subparsers.add_parser("project", help="fit a StyleGAN2 w (W or W+) and its noise maps to an image")
+    j.add_argument("run_dir", help="run directory of a model.arch=stylegan2 run")
+    j.add_argument("image", help="PNG/JPEG to project, with G's channel count (resized to G's resolution)")
+    j.add_argument("--out", required=True, help="folder for projected_w.npz, projected.png, progress.png, projection.json")
+    j.add_argument("--space", choices=("w", "w+"), default="w", help="w: one w for all layers (the paper); w+: one per layer")
+    j.add_argument("--steps", type=int, default=1000, help="Adam steps (the paper: 1000)")
+    j.add_argument("--distance", choices=("lpips", "digits"), default="lpips",
+                   help="lpips (--lpips-path/--vgg16-path or eval.lpips_path/vgg16_path) or digits (offline, tests)")
+    j.add_argument("--lpips-path", default=None, help="lpips v0.1 vgg.pth (default: eval.lpips_path)")
+    j.add_argument("--vgg16-path", default=None, help="torchvision vgg16-397923af.pth (default: eval.vgg16_path)")
+    j.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.KEY=VALUE",
+                   help="override an eval key, e.g. --set eval.vgg16_sha256=HEX for other VGG16 weights (repeatable)")
+    j.add_argument("--class", dest="class_id", type=int, default=None, help="class of a conditional G")
+    j.add_argument("--checkpoint", default="latest", help="STEP, best or latest (default: latest)")
+    j.add_argument("--seed", type=int, default=0, help="seed of the initial noise maps and the noise added to w")
+    j.add_argument("--snapshots", type=int, default=8, help="images in the progress strip (besides target and result)")
+    j.add_argument("--no-ema", action="store_true", help="project into G instead of its EMA copy")
+    j.add_argument("--no-progress", action="store_true", help="no progress bar")
+    j.set_defaults(func=run_project)
 
     f = subparsers.add_parser("features", help="build a feature network for evaluation")
     f.add_argument("kind", choices=("digits",), help="digits: small CNN trained on scikit-learn's digits")
@@ -188,6 +209,79 @@ def _write_curve(args, run, evaluator, G, truncations: list[float]) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(format_curve(rows))
     print(f"wrote {out} and {png}")
+    return 0
+
+
+def _project_config(args: argparse.Namespace, run_dir: Path):
+    """The run's config, checked for a StyleGAN2 G and the distance's weight paths before anything is loaded."""
+    import yaml
+
+    from gandist.config import config_from_dict
+
+    if args.steps <= 0:
+        raise UserError(f"--steps {args.steps}: give a positive number of steps")
+    if args.snapshots < 0:
+        raise UserError(f"--snapshots {args.snapshots}: give 0 or more")
+    _check_run_dir(run_dir)
+    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, str(run_dir / "config.yaml"))
+    if cfg.model.arch != "stylegan2":
+        raise UserError(f"{run_dir}: model.arch is {cfg.model.arch}; gandist project fits the w of a StyleGAN2 G, "
+                        "give the run dir of a model.arch=stylegan2 run")
+    cfg = _with_eval_overrides(cfg, args)  # --set eval.*, --lpips-path, --vgg16-path
+    if args.distance == "lpips" and not (cfg.eval.lpips_path and cfg.eval.vgg16_path):
+        raise UserError("--distance lpips needs the LPIPS-VGG16 weights: pass --lpips-path (lpips v0.1 vgg.pth) and "
+                        "--vgg16-path (vgg16-397923af.pth), or set eval.lpips_path / eval.vgg16_path; nothing is "
+                        "downloaded (--distance digits works offline on digits runs)")
+    return cfg
+
+
+def run_project(args: argparse.Namespace) -> int:
+    """Handler of `gandist project`: the fitted ws and noise maps, the projected image and a progress strip."""
+    import numpy as np
+    import torch
+
+    from gandist.api import load_run
+    from gandist.eval.projector import check_generator, digits_distance, load_target, lpips_distance, project
+    from gandist.telemetry.samples import image_grid_png, save_png
+
+    run_dir = Path(args.run_dir)
+    cfg = _project_config(args, run_dir)
+    run = load_run(str(run_dir), checkpoint=_checkpoint_arg(args.checkpoint))
+    G = run.G if args.no_ema or run.G_ema is None else run.G_ema
+    check_generator(G, args.class_id)
+    target, note = load_target(args.image, run.info.shape[-1], run.info.shape[0])
+    if note:
+        print(note)
+    if args.distance == "lpips":
+        from gandist.eval.lpips import load_lpips
+
+        e = cfg.eval
+        net = load_lpips(e.lpips_path, e.vgg16_path, e.lpips_sha256, e.vgg16_sha256)
+        distance, weights = lpips_distance(net), net.weights_sha256
+    else:
+        from gandist.eval.features import load_digits_net
+
+        distance, weights = digits_distance(load_digits_net()), {}
+    result = project(G, target, distance, steps=args.steps, space=args.space, class_id=args.class_id,
+                     snapshots=args.snapshots, seed=args.seed, progress=not args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    noise = {f"noise/{name}": buf.numpy() for name, buf in result["noise"].items()}
+    np.savez(out / "projected_w.npz", ws=result["ws"].numpy(), space=args.space, step=run.step, **noise)
+    save_png(str(out / "projected.png"), image_grid_png(result["image"][None], nrow=1))
+    strip = torch.stack([target[0], result["start_image"], *(img for _, img in result["progress"])])
+    save_png(str(out / "progress.png"), image_grid_png(strip, nrow=len(strip)))
+    summary = {"run_dir": str(run_dir), "step": run.step, "net": "G" if G is run.G else "G_ema", "image": args.image,
+               "resized": note, "space": args.space, "steps": args.steps, "class": args.class_id, "seed": args.seed,
+               "distance": args.distance, "weights_sha256": weights, "start_distance": result["start_distance"],
+               "final_distance": result["final_distance"],
+               "start_pixel_mse": float((result["start_image"] - target[0]).square().mean()),
+               "final_pixel_mse": float((result["image"] - target[0]).square().mean()),
+               "progress_steps": [s for s, _ in result["progress"]]}
+    (out / "projection.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"projected {args.image} ({args.space}, {args.steps} steps): {args.distance} distance "
+          f"{summary['start_distance']:.4g} at w_avg -> {summary['final_distance']:.4g}, pixel MSE "
+          f"{summary['start_pixel_mse']:.4g} -> {summary['final_pixel_mse']:.4g}; wrote {out}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Fixtures of the evaluation tests: one trained digits feature network per session, cached in a temp dir."""
+"""Fixtures of the evaluation tests: a trained digits feature network per session, tiny runs, random LPIPS files."""
 from __future__ import annotations
 
 import pytest
@@ -52,3 +52,21 @@ def tiny_digits_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tiny-digits") / "run"
     run_training(cfg, str(run_dir))
     return run_dir
+
+
+@pytest.fixture
+def random_lpips_files(tmp_path):
+    """Random weights in torchvision's vgg16 layout (plus a classifier key) and lpips v0.1's heads layout."""
+    import torch
+
+    from gandist.eval.features import sha256_of
+    from gandist.eval.lpips import LinearHeads, vgg16_features
+
+    torch.manual_seed(0)
+    vgg = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
+    vgg["classifier.6.bias"] = torch.zeros(1000)  # torchvision's file also holds the classifier: ignored
+    heads = {k: v.abs() for k, v in LinearHeads().state_dict().items()}  # lpips' heads are non-negative
+    paths = {"vgg16": tmp_path / "vgg16-random.pth", "lpips": tmp_path / "vgg.pth"}
+    torch.save(vgg, paths["vgg16"])
+    torch.save(heads, paths["lpips"])
+    return {**paths, "vgg16_sha256": sha256_of(paths["vgg16"].read_bytes())}

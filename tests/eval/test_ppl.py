@@ -11,7 +11,7 @@ from torch import nn
 
 from gandist.errors import UserError
 from gandist.eval.features import sha256_of
-from gandist.eval.lpips import LinearHeads, load_lpips, vgg16_features
+from gandist.eval.lpips import load_lpips
 from gandist.eval.ppl import filtered_mean, path_lengths
 
 
@@ -54,19 +54,6 @@ def test_filtered_mean_drops_below_the_1st_and_above_the_99th_percentile():
     d = np.arange(1, 201, dtype=float)  # percentiles 1 ('lower') = 2, 99 ('higher') = 199
     assert filtered_mean(d) == pytest.approx(np.arange(2, 200).mean())
     assert filtered_mean(np.r_[d, 1e9]) < 200  # one huge outlier is filtered
-
-
-@pytest.fixture
-def random_lpips_files(tmp_path):
-    """Random weights in torchvision's vgg16 layout (plus a classifier key) and lpips v0.1's heads layout."""
-    torch.manual_seed(0)
-    vgg = {f"features.{k}": v for k, v in vgg16_features().state_dict().items()}
-    vgg["classifier.6.bias"] = torch.zeros(1000)  # torchvision's file also holds the classifier: ignored
-    heads = {k: v.abs() for k, v in LinearHeads().state_dict().items()}  # lpips' heads are non-negative
-    paths = {"vgg16": tmp_path / "vgg16-random.pth", "lpips": tmp_path / "vgg.pth"}
-    torch.save(vgg, paths["vgg16"])
-    torch.save(heads, paths["lpips"])
-    return {**paths, "vgg16_sha256": sha256_of(paths["vgg16"].read_bytes())}
 
 
 def test_lpips_files_are_checked_and_the_distance_is_a_distance(random_lpips_files):

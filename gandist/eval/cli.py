@@ -29,17 +29,17 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", default=None, help="JSON output file (default: RUN_DIR/eval/eval-STEP.json)")
     p.set_defaults(func=run_eval)
 
-    s = subparsers.add_parser("eval-stats", help="reference statistics of a whole dataset (also `gandist eval stats`)")
-    s.add_argument("data", help="a config YAML (its data and eval sections), an image folder, or `digits`")
-    s.add_argument("--out", default=None, help="statistics .npz (default: the cache, named by the key's hash)")
-    s.add_argument("--resolution", type=int, default=None, help="folder/digits: image size (default: the data's default)")
-    s.add_argument("--channels", type=int, choices=(1, 3), default=None, help="folder/digits: 1 (grey) or 3 (RGB)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    stats = subparsers.add_parser("eval-stats", help="reference statistics of a whole dataset (also `gandist eval stats`)")
+    stats.add_argument("data", help="a config YAML (its data and eval sections), an image folder, or `digits`")
+    stats.add_argument("--out", default=None, help="statistics .npz (default: the cache, named by the key's hash)")
+    stats.add_argument("--resolution", type=int, default=None, help="folder/digits: image size (default: the data's default)")
+    stats.add_argument("--channels", type=int, choices=(1, 3), default=None, help="folder/digits: 1 (grey) or 3 (RGB)")
+    stats.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set eval.resize=clean (repeatable)")
-    s.add_argument("--features", choices=("digits", "inception"), default=None, help="feature network (default: eval.features)")
-    s.add_argument("--features-path", default=None, help="weights path or fsspec URL of the feature network")
-    s.add_argument("--force", action="store_true", help="overwrite an --out file computed for other settings")
-    s.set_defaults(func=run_stats)
+    stats.add_argument("--features", choices=("digits", "inception"), default=None, help="feature network (default: eval.features)")
+    stats.add_argument("--features-path", default=None, help="weights path or fsspec URL of the feature network")
+    stats.add_argument("--force", action="store_true", help="overwrite an --out file computed for other settings")
+    stats.set_defaults(func=run_stats)
 
     j = subparsers.add_parser("project", help="fit a StyleGAN2 w (W or W+) and its noise maps to an image")
     j.add_argument("run_dir", help="run directory of a model.arch=stylegan2 run")

@@ -14,6 +14,7 @@ ARCHS = {
     "dcgan": "gandist.models.dcgan:build",
     "resnet": "gandist.models.resnet:build",
     "unet": "gandist.models.unet:build",
+    "msggan": "gandist.models.msggan:build",
     "biggan": "gandist.models.biggan:build",
     "biggan_deep": "gandist.models.biggan:build",
     "stylegan2": "gandist.models.stylegan2:build",

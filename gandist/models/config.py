@@ -123,6 +123,20 @@ class UNetConfig(_ArchBase):
         return _refuse_d_dropout(data)
 
 
+class MSGGANConfig(_ArchBase):
+    """MSG-GAN (Karnewar and Wang 2020): G emits an image at every scale, D takes the pyramid (DCGAN-style blocks)."""
+
+    arch: Literal["msggan"] = "msggan"
+    ch: int = Field(32, gt=0, description="Channels at the finest scale (doubling per downsampling in D, halving per "
+                    "upsampling in G).")
+    spectral_norm: bool = Field(True, description="Spectral norm on D's layers.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_d_dropout(cls, data):
+        return _refuse_d_dropout(data)
+
+
 class BigGANConfig(_ConditionedD):
     """BigGAN / BigGAN-deep (Brock et al. 2019) as configured in BigGAN-PyTorch."""
 
@@ -187,6 +201,6 @@ class StyleGAN2Config(_ArchBase):
 
 
 ModelConfig = Annotated[
-    Union[MLPConfig, DCGANConfig, ResNetConfig, UNetConfig, BigGANConfig, StyleGAN2Config],
+    Union[MLPConfig, DCGANConfig, ResNetConfig, UNetConfig, MSGGANConfig, BigGANConfig, StyleGAN2Config],
     Field(discriminator="arch"),
 ]

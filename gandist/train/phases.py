@@ -41,6 +41,8 @@ def latents(tr, rand: GlobalRandom, n: int) -> tuple[torch.Tensor, torch.Tensor 
 def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom, with_class: bool = False, with_pixels: bool = False):
     """D's logits after augmentation, instance noise and packing (the same pipeline for real and fake);
     with_class (an ACGAN D): (logits, class logits); with_pixels (a U-Net D): (logits, per-pixel logits)."""
+    if isinstance(x, list):  # MSG-GAN's pyramid from G: config validation refused the augmentations
+        return tr.strategy.net("D")(x, y)
     aug = tr.cfg.augment
     if tr.ada is not None:  # before DiffAugment, noise and packing; R1 differentiates w.r.t. x before it
         x = tr.ada.augment(x, rand)
@@ -53,6 +55,18 @@ def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom, with_class: bool = Fal
     if with_pixels:
         return tr.strategy.net("D")(x, y, return_pixels=True)
     return tr.strategy.net("D")(x, y, return_class=True) if with_class else tr.strategy.net("D")(x, y)
+
+
+def generate(tr, z: torch.Tensor, y):
+    """G's samples as D judges them: an image batch, or (MSG-GAN) the list of G's images at every scale."""
+    if getattr(tr.strategy.module("G"), "pyramid_output", False):
+        return tr.strategy.net("G")(z, y, pyramid=True)
+    return tr.strategy.net("G")(z, y)
+
+
+def finest(x):
+    """The full-resolution image of G's output (the last scale of an MSG-GAN pyramid)."""
+    return x[-1] if isinstance(x, list) else x
 
 
 def pixel_d(tr) -> bool:
@@ -110,7 +124,7 @@ def d_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
     s = tr.strategy
     with s.autocast():
         with torch.no_grad():
-            fake = s.net("G")(m.z, m.y)
+            fake = generate(tr, m.z, m.y)
         real_logits, real_class, real_pixels = d_heads(tr, m.real, m.real_y, m.rand, with_class=tr.aux)
         fake_logits, _, fake_pixels = d_heads(tr, fake, m.y, m.rand)
         loss = losses.d_loss(tr.cfg.loss, real_logits.float(), fake_logits.float(), s.batch_mean)
@@ -123,7 +137,7 @@ def d_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
     if tr.ada is not None:
         tr.ada.observe(real_logits)
     # LeCam reads the logits (graph kept); zCR draws perturbed fakes from z through G
-    fields = {"D": s.module("D"), "real": m.real, "real_y": m.real_y, "fake": fake.detach(), "fake_y": m.y,
+    fields = {"D": s.module("D"), "real": m.real, "real_y": m.real_y, "fake": finest(fake).detach(), "fake_y": m.y,
               "real_logits": real_logits, "fake_logits": fake_logits, "z": m.z, "y": m.y, "g_forward": s.net("G")}
     if real_pixels is not None:  # CutMix (gandist/objectives/cutmix.py) reads them
         fields.update(real_pixels=real_pixels, fake_pixels=fake_pixels,
@@ -136,7 +150,7 @@ def g_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
     """G's adversarial loss (with D on real samples where the loss needs it, e.g. relativistic)."""
     s = tr.strategy
     with s.autocast():
-        fake = s.net("G")(m.z, m.y)
+        fake = generate(tr, m.z, m.y)
         fake_logits, fake_class, fake_pixels = d_heads(tr, fake, m.y, m.rand, with_class=tr.aux)
         real_logits = real_pixels = None
         if losses.needs_real_in_g_phase(tr.cfg.loss):

@@ -14,8 +14,8 @@ from gandist.optim import ADAM_MOMENTS, check_impl
 def check_all(cfg) -> None:
     """Every cross-section check, in the order a user meets them (the first failing one is reported)."""
     for check in (check_pack_divides_batch, check_topk_keeps_samples, check_data_fits, check_penalties_fit,
-                  check_freeze_d, check_optimizers, check_auxiliary_d, check_progressive, check_pixel_d, check_pyramid_d,
-                  check_penalties_fit_strategy, check_penalty_classes):
+                  check_freeze_d, check_optimizers, check_auxiliary_d, check_progressive, check_pixel_d,
+                  check_pyramid_d, check_penalties_fit_strategy, check_penalty_classes):
         check(cfg)
 
 

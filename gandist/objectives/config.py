@@ -159,7 +159,8 @@ class CutMixConfig(_PenaltyBase):
 
     kind: Literal["cutmix"] = Field("cutmix", description="Selects this penalty in the penalties list.")
     weight: float = Field(1.0, ge=0, description="lambda of the consistency term (the paper: 1).")
-    prob: float = Field(0.5, ge=0, le=1, description="Probability of a CutMix D step after the warm-up (the paper: 0.5).")
+    prob: float = Field(0.5, ge=0, le=1, description=(
+        "Probability of a CutMix D step after the warm-up (the paper: 0.5)."))
     warmup_steps: int = Field(1000, ge=0, description=(
         "Steps over which the probability ramps linearly from 0 to prob (0: prob from the start)."))
 

@@ -89,6 +89,7 @@ class CutMix(Penalty):
         moving = [n for n in ("translation", "cutout") if n in cfg.augment.diffaugment]
         ada = cfg.augment.ada
         if moving or (ada is not None and any(g in ada.pipeline for g in ("blit", "geom"))):
-            what = f"augment.diffaugment={cfg.augment.diffaugment!r}" if moving else f"augment.ada.pipeline={ada.pipeline!r}"
+            what = (f"augment.diffaugment={cfg.augment.diffaugment!r}" if moving
+                    else f"augment.ada.pipeline={ada.pipeline!r}")
             raise ConfigError(f"penalties.{index}: cutmix's mask must stay aligned with D's input, and {what} moves "
                               "pixels; keep only color augmentation or drop cutmix")

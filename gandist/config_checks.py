@@ -14,8 +14,8 @@ from gandist.optim import ADAM_MOMENTS, check_impl
 def check_all(cfg) -> None:
     """Every cross-section check, in the order a user meets them (the first failing one is reported)."""
     for check in (check_pack_divides_batch, check_topk_keeps_samples, check_data_fits, check_penalties_fit,
-                  check_freeze_d, check_optimizers, check_auxiliary_d, check_progressive,
-                  check_penalties_fit_strategy, check_penalty_classes):
+                  check_freeze_d, check_optimizers, check_auxiliary_d, check_progressive, check_pixel_d,
+                  check_pyramid_d, check_penalties_fit_strategy, check_penalty_classes):
         check(cfg)
 
 
@@ -172,6 +172,26 @@ def check_progressive(cfg) -> None:
     if grow.reset_optim and not _strategy(cfg).clears_optimizer_state:
         raise ValueError(f"model.progressive.reset_optim clears torch Adam's moments, which distributed.strategy="
                          f"{strategy} keeps inside DeepSpeed's partitioned optimizer; use ddp, or reset_optim=false")
+
+
+def check_pixel_d(cfg) -> None:
+    """U-Net D: one logit per pixel of one image (toy2d points are refused by check_data_fits)."""
+    if cfg.model.arch == "unet" and cfg.augment.pack > 1:
+        raise ValueError(f"model.arch=unet judges each pixel of one image, but augment.pack={cfg.augment.pack} "
+                         "stacks several images into one D input; set augment.pack=1")
+
+
+def check_pyramid_d(cfg) -> None:
+    """MSG-GAN: D takes G's images at every scale, which the D-input augmentations transform at one scale only."""
+    if cfg.model.arch != "msggan":
+        return
+    aug = cfg.augment
+    on = [k for k, v in (("augment.diffaugment", aug.diffaugment), ("augment.ada", aug.ada is not None),
+                         ("augment.pack", aug.pack > 1), ("augment.instance_noise.std", aug.instance_noise.std > 0))
+          if v]
+    if on:
+        raise ValueError(f"model.arch=msggan feeds D G's image at every scale, which {', '.join(on)} would not "
+                         "transform alike (it sees one image batch); turn it off for msggan")
 
 
 def check_penalties_fit_strategy(cfg) -> None:

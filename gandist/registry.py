@@ -13,6 +13,8 @@ ARCHS = {
     "mlp": "gandist.models.mlp:build",
     "dcgan": "gandist.models.dcgan:build",
     "resnet": "gandist.models.resnet:build",
+    "unet": "gandist.models.unet:build",
+    "msggan": "gandist.models.msggan:build",
     "biggan": "gandist.models.biggan:build",
     "biggan_deep": "gandist.models.biggan:build",
     "stylegan2": "gandist.models.stylegan2:build",
@@ -56,6 +58,7 @@ PENALTIES = {
     "lecam": "gandist.objectives.logit_penalties:LeCam",
     "path_length": "gandist.objectives.penalties:PathLength",
     "ortho": "gandist.objectives.penalties:Ortho",
+    "cutmix": "gandist.objectives.cutmix:CutMix",
 }
 
 # watchdog.<section> -> detector class, in the order they run (cheapest and most decisive first)

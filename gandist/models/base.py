@@ -3,10 +3,12 @@
 Builders: `build(cfg, info, ctx) -> (G, D)` registered in gandist/registry.py.
 - G: nn.Module with attributes `z_dim` and `num_classes` (0: unconditional); `forward(z, y=None) -> x` with x in
   the data's value range and shape [N, *info.shape]. Optional: `forward(z, y, truncation=psi)`; StyleGAN2-like G
-  also offers `mapping(z, y) -> ws` and `synthesis(ws) -> x` (path-length regularization uses them).
+  also offers `mapping(z, y) -> ws` and `synthesis(ws) -> x` (path-length regularization uses them). An MSG-GAN G
+  (`pyramid_output = True`) also takes `pyramid=True` and returns its images at every scale, coarse to fine.
 - D: nn.Module; `forward(x, y=None) -> logits [N]`; an auxiliary-classifier D (ACGAN) also takes
   `return_class=True` and returns (logits, class logits [N, K]) (PacGAN: the loop packs inputs before D; D is built with
-  `info.shape` channels multiplied by the pack size, see `packed_info`).
+  `info.shape` channels multiplied by the pack size, see `packed_info`). A U-Net D (`pixel_output = True`) also takes
+  `return_pixels=True` and returns (logits, per-pixel logits [N, H, W]); an MSG-GAN D also takes G's pyramid as x.
 Models are pure torch: no torch.distributed calls; cross-replica BN gets its group via ctx.bn_process_group.
 """
 from __future__ import annotations

@@ -106,6 +106,37 @@ class ResNetConfig(_ConditionedD):
         "Dropout probability after each residual block of D (0: off); per-rank torch RNG, like model noise."))
 
 
+class UNetConfig(_ArchBase):
+    """U-Net GAN (Schonfeld et al. 2020): SNGAN ResNet G, encoder-decoder D with a global and a per-pixel output."""
+
+    arch: Literal["unet"] = "unet"
+    ch: int = Field(32, gt=0, description="G's channels per block; D's encoder widths are ch, 2 ch, 4 ch, 4 ch, ...")
+    spectral_norm: bool = Field(True, description="Spectral norm on D's layers (and G's when sn_g).")
+    sn_g: bool = Field(False, description="Spectral norm in G too.")
+    pixel_weight: float = Field(1.0, ge=0, description=(
+        "Weight of the per-pixel adversarial loss (loss.kind on each of D's per-pixel logits, averaged), added to "
+        "the global one in D's and G's losses (the paper: 1)."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_d_dropout(cls, data):
+        return _refuse_d_dropout(data)
+
+
+class MSGGANConfig(_ArchBase):
+    """MSG-GAN (Karnewar and Wang 2020): G emits an image at every scale, D takes the pyramid (DCGAN-style blocks)."""
+
+    arch: Literal["msggan"] = "msggan"
+    ch: int = Field(32, gt=0, description="Channels at the finest scale (doubling per downsampling in D, halving per "
+                    "upsampling in G).")
+    spectral_norm: bool = Field(True, description="Spectral norm on D's layers.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_d_dropout(cls, data):
+        return _refuse_d_dropout(data)
+
+
 class BigGANConfig(_ConditionedD):
     """BigGAN / BigGAN-deep (Brock et al. 2019) as configured in BigGAN-PyTorch."""
 
@@ -170,6 +201,6 @@ class StyleGAN2Config(_ArchBase):
 
 
 ModelConfig = Annotated[
-    Union[MLPConfig, DCGANConfig, ResNetConfig, BigGANConfig, StyleGAN2Config],
+    Union[MLPConfig, DCGANConfig, ResNetConfig, UNetConfig, MSGGANConfig, BigGANConfig, StyleGAN2Config],
     Field(discriminator="arch"),
 ]

@@ -154,9 +154,20 @@ class OrthoConfig(_PenaltyBase):
     net: Literal["g", "d"] = Field("g", description="The net regularized: g (BigGAN's G_ortho) or d (its D_ortho).")
 
 
+class CutMixConfig(_PenaltyBase):
+    """U-Net GAN's CutMix augmentation and consistency regularization of the U-Net D (Schonfeld et al. 2020)."""
+
+    kind: Literal["cutmix"] = Field("cutmix", description="Selects this penalty in the penalties list.")
+    weight: float = Field(1.0, ge=0, description="lambda of the consistency term (the paper: 1).")
+    prob: float = Field(0.5, ge=0, le=1, description=(
+        "Probability of a CutMix D step after the warm-up (the paper: 0.5)."))
+    warmup_steps: int = Field(1000, ge=0, description=(
+        "Steps over which the probability ramps linearly from 0 to prob (0: prob from the start)."))
+
+
 PenaltyConfig = Annotated[
     Union[GradientPenaltyConfig, DraganConfig, R1Config, WeightClipConfig, SpectralRegConfig, ConsistencyConfig, LatentConsistencyConfig,
-          LeCamConfig, PathLengthConfig, OrthoConfig],
+          LeCamConfig, PathLengthConfig, OrthoConfig, CutMixConfig],
     Field(discriminator="kind"),
 ]
 

@@ -25,6 +25,12 @@ class NonSaturating:
         return F.binary_cross_entropy_with_logits(real, torch.full_like(real, target)) + F.softplus(fake).mean()
 
     @staticmethod
+    def terms(cfg: LossConfig, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-logit D loss as if real and as if fake (d() is the mean of the first on reals plus the second)."""
+        target = torch.full_like(logits, 1.0 - cfg.label_smoothing)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none"), F.softplus(logits)
+
+    @staticmethod
     def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         return F.softplus(-fake).mean()
 
@@ -39,6 +45,11 @@ class Hinge:
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
 
     @staticmethod
+    def terms(cfg: LossConfig, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-logit D loss as if real and as if fake."""
+        return F.relu(1 - logits), F.relu(1 + logits)
+
+    @staticmethod
     def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         return -fake.mean()
 
@@ -50,6 +61,11 @@ class Wasserstein(Hinge):
     def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return fake.mean() - real.mean()
 
+    @staticmethod
+    def terms(cfg: LossConfig, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-logit D loss as if real and as if fake."""
+        return -logits, logits
+
 
 class LeastSquares:
     """LSGAN (Mao et al. 2017) with targets real 1, fake 0."""
@@ -59,6 +75,11 @@ class LeastSquares:
     @staticmethod
     def d(cfg: LossConfig, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return 0.5 * (((real - 1) ** 2).mean() + (fake ** 2).mean())
+
+    @staticmethod
+    def terms(cfg: LossConfig, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-logit D loss as if real and as if fake."""
+        return 0.5 * (logits - 1) ** 2, 0.5 * logits ** 2
 
     @staticmethod
     def g(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,6 +128,12 @@ def g_loss(cfg: LossConfig, fake: torch.Tensor, real: torch.Tensor | None = None
     if getattr(loss, "uses_batch_mean", False):
         return loss.g(cfg, fake, real, batch_mean=batch_mean)
     return loss.g(cfg, fake, real)
+
+
+def d_terms(cfg: LossConfig, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's per-logit loss as if each logit were real and as if fake (CutMix's per-pixel targets); the
+    relativistic loss has none (it compares with a batch mean)."""
+    return resolve(LOSSES, cfg.kind, "loss.kind").terms(cfg, logits)
 
 
 def needs_real_in_g_phase(cfg: LossConfig) -> bool:

@@ -41,6 +41,12 @@ class PenaltyContext:
     rand: GlobalRandom | None = None
     real_logits: torch.Tensor | None = None  # the D phase's D(real) and D(fake) logits, graph kept (LeCam)
     fake_logits: torch.Tensor | None = None
+    # U-Net D (gandist/models/unet.py): the D phase's per-pixel logits [N, H, W] (graph kept), D with its per-pixel
+    # output ((x, y) -> (logits, pixel logits)), and loss.kind's per-logit (as-real, as-fake) terms (CutMix)
+    real_pixels: torch.Tensor | None = None
+    fake_pixels: torch.Tensor | None = None
+    d_pixels: Callable | None = None
+    d_terms: Callable | None = None
     # optional: mean of a scalar over ranks (strategy all-reduce / world size); path length's running mean uses it
     reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
 

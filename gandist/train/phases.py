@@ -38,9 +38,11 @@ def latents(tr, rand: GlobalRandom, n: int) -> tuple[torch.Tensor, torch.Tensor 
     return z, y
 
 
-def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom, with_class: bool = False):
+def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom, with_class: bool = False, with_pixels: bool = False):
     """D's logits after augmentation, instance noise and packing (the same pipeline for real and fake);
-    with_class (an ACGAN D): (logits, class logits)."""
+    with_class (an ACGAN D): (logits, class logits); with_pixels (a U-Net D): (logits, per-pixel logits)."""
+    if isinstance(x, list):  # MSG-GAN's pyramid from G: config validation refused the augmentations
+        return tr.strategy.net("D")(x, y)
     aug = tr.cfg.augment
     if tr.ada is not None:  # before DiffAugment, noise and packing; R1 differentiates w.r.t. x before it
         x = tr.ada.augment(x, rand)
@@ -50,7 +52,43 @@ def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom, with_class: bool = Fal
         x, y = prepare_d_input(x, y, aug, tr.step, rand)
     if tr.cfg.train.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
+    if with_pixels:
+        return tr.strategy.net("D")(x, y, return_pixels=True)
     return tr.strategy.net("D")(x, y, return_class=True) if with_class else tr.strategy.net("D")(x, y)
+
+
+def generate(tr, z: torch.Tensor, y):
+    """G's samples as D judges them: an image batch, or (MSG-GAN) the list of G's images at every scale."""
+    if getattr(tr.strategy.module("G"), "pyramid_output", False):
+        return tr.strategy.net("G")(z, y, pyramid=True)
+    return tr.strategy.net("G")(z, y)
+
+
+def finest(x):
+    """The full-resolution image of G's output (the last scale of an MSG-GAN pyramid)."""
+    return x[-1] if isinstance(x, list) else x
+
+
+def pixel_d(tr) -> bool:
+    """Whether D has a per-pixel output (U-Net D): the phases then add the per-pixel loss."""
+    return getattr(tr.strategy.module("D"), "pixel_output", False)
+
+
+def d_heads(tr, x: torch.Tensor, y, rand: GlobalRandom, with_class: bool = False):
+    """(logits, class logits or None, per-pixel logits [N, H, W] or None) of D on x: what the D's heads give."""
+    if pixel_d(tr):
+        logits, pixels = d_forward(tr, x, y, rand, with_pixels=True)
+        return logits, None, pixels
+    if with_class:
+        return (*d_forward(tr, x, y, rand, with_class=True), None)
+    return d_forward(tr, x, y, rand), None, None
+
+
+def pixel_term(tr, sig, net: str, term: torch.Tensor) -> torch.Tensor:
+    """U-Net D: model.pixel_weight x the per-pixel adversarial loss (logged as NET/pixel)."""
+    term = tr.cfg.model.pixel_weight * term
+    sig.losses[f"{net}/pixel"] = term.detach()
+    return term
 
 
 def aux_term(tr, sig, net: str, class_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -86,31 +124,38 @@ def d_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
     s = tr.strategy
     with s.autocast():
         with torch.no_grad():
-            fake = s.net("G")(m.z, m.y)
-        real_logits, real_class = d_forward(tr, m.real, m.real_y, m.rand, with_class=True) if tr.aux else (
-            d_forward(tr, m.real, m.real_y, m.rand), None)
-        fake_logits = d_forward(tr, fake, m.y, m.rand)
+            fake = generate(tr, m.z, m.y)
+        real_logits, real_class, real_pixels = d_heads(tr, m.real, m.real_y, m.rand, with_class=tr.aux)
+        fake_logits, _, fake_pixels = d_heads(tr, fake, m.y, m.rand)
         loss = losses.d_loss(tr.cfg.loss, real_logits.float(), fake_logits.float(), s.batch_mean)
         if real_class is not None:  # ACGAN: D learns the real labels
             loss = loss + aux_term(tr, sig, "D", real_class, m.real_y)
+        if real_pixels is not None:  # U-Net D: the same loss on every pixel's logit, averaged
+            loss = loss + pixel_term(tr, sig, "D", losses.d_loss(
+                tr.cfg.loss, real_pixels.float().flatten(), fake_pixels.float().flatten(), s.batch_mean))
     sig.d_real, sig.d_fake = real_logits.detach().mean(), fake_logits.detach().mean()  # device tensors
     if tr.ada is not None:
         tr.ada.observe(real_logits)
     # LeCam reads the logits (graph kept); zCR draws perturbed fakes from z through G
-    return loss, {"D": s.module("D"), "real": m.real, "real_y": m.real_y, "fake": fake.detach(), "fake_y": m.y,
-                  "real_logits": real_logits, "fake_logits": fake_logits, "z": m.z, "y": m.y, "g_forward": s.net("G")}
+    fields = {"D": s.module("D"), "real": m.real, "real_y": m.real_y, "fake": finest(fake).detach(), "fake_y": m.y,
+              "real_logits": real_logits, "fake_logits": fake_logits, "z": m.z, "y": m.y, "g_forward": s.net("G")}
+    if real_pixels is not None:  # CutMix (gandist/objectives/cutmix.py) reads them
+        fields.update(real_pixels=real_pixels, fake_pixels=fake_pixels,
+                      d_pixels=lambda x, y: d_forward(tr, x, y, m.rand, with_pixels=True),
+                      d_terms=lambda t: losses.d_terms(tr.cfg.loss, t))
+    return loss, fields
 
 
 def g_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
     """G's adversarial loss (with D on real samples where the loss needs it, e.g. relativistic)."""
     s = tr.strategy
     with s.autocast():
-        fake = s.net("G")(m.z, m.y)
-        fake_logits, fake_class = d_forward(tr, fake, m.y, m.rand, with_class=True) if tr.aux else (
-            d_forward(tr, fake, m.y, m.rand), None)
-        real_logits = None
+        fake = generate(tr, m.z, m.y)
+        fake_logits, fake_class, fake_pixels = d_heads(tr, fake, m.y, m.rand, with_class=tr.aux)
+        real_logits = real_pixels = None
         if losses.needs_real_in_g_phase(tr.cfg.loss):
-            real_logits = d_forward(tr, m.real, m.real_y, m.rand).float()
+            real_logits, _, real_pixels = d_heads(tr, m.real, m.real_y, m.rand)
+            real_logits = real_logits.float()
         if tr.cfg.loss.topk is not None:  # k chosen over the global batch: world-size invariant
             gathered = s.all_gather_object(fake_logits.detach().float().cpu())
             loss = losses.topk_g_loss(tr.cfg.loss, fake_logits.float(), gathered, s.rank, tr.images_seen)
@@ -118,6 +163,10 @@ def g_main(tr, m: Micro, sig) -> tuple[torch.Tensor, dict]:
             loss = losses.g_loss(tr.cfg.loss, fake_logits.float(), real_logits, s.batch_mean)
         if fake_class is not None:  # ACGAN: G makes samples D classifies as the requested class
             loss = loss + aux_term(tr, sig, "G", fake_class, m.y)
+        if fake_pixels is not None:  # U-Net D: G's loss on every pixel's logit too
+            loss = loss + pixel_term(tr, sig, "G", losses.g_loss(
+                tr.cfg.loss, fake_pixels.float().flatten(),
+                None if real_pixels is None else real_pixels.float().flatten(), s.batch_mean))
     return loss, {"g_forward": s.net("G"), "D": s.module("D"), "z": m.z, "y": m.y}
 
 

@@ -40,7 +40,7 @@ def d_ctx(D, n: int = 16, shape=(1, 4, 4), **extra) -> PenaltyContext:
 
 
 def test_every_penalty_kind_is_registered():
-    assert set(PENALTIES) == {"gp", "dragan", "r1", "weight_clip", "spectral_reg", "bcr", "cr", "zcr", "lecam", "path_length", "ortho"}
+    assert set(PENALTIES) == {"gp", "dragan", "r1", "weight_clip", "spectral_reg", "bcr", "cr", "zcr", "lecam", "path_length", "ortho", "cutmix"}
     built = build_penalties([R1Config(weight=2, every=16), PathLengthConfig()])
     assert [(p.name, p.net, p.every, p.weight) for p in built] == [("r1", "D", 16, 2.0), ("path_length", "G", 4, 2.0)]
 

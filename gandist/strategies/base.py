@@ -11,6 +11,7 @@ A strategy owns G and D (wrapped as it needs: plain, DDP, DeepSpeed engine) and 
 from __future__ import annotations
 
 import contextlib
+import copy
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ class Strategy(ABC):
     compiles_nets: bool = True  # train.compile can wrap the plain nets (not DeepSpeed's engines)
     optimizer_kinds: tuple[str, ...] | None = None  # optim kinds its checkpoints carry (None: any torch optimizer)
     clears_optimizer_state: bool = True  # clear_optimizer_state() works (not inside DeepSpeed's partitions)
+    # snapshot()/restore() of a net's weights, buffers and optimizer state, and torch_optimizer() (the unrolled GAN's
+    # look-ahead D updates): not inside DeepSpeed's partitioned master weights and moments
+    restores_net_state: bool = True
 
     modules: dict[str, nn.Module]
     trainable: dict[str, list[nn.Parameter]]  # each net's parameters that required grad at setup
@@ -142,6 +146,23 @@ class Strategy(ABC):
     def clear_optimizer_state(self) -> None:
         """Forget both optimizers' moments (progressive growing's reset_optim); see clears_optimizer_state."""
         raise NotImplementedError(f"{type(self).__name__} cannot clear its optimizer state")
+
+    def snapshot(self, name: str) -> dict:
+        """`name`'s weights, buffers and optimizer state, for restore() (see restores_net_state)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot snapshot {name}")
+
+    def restore(self, name: str, snapshot: dict) -> None:
+        """Put back what snapshot() took, bitwise."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore {name}")
+
+    def torch_optimizer(self, name: str) -> torch.optim.Optimizer:
+        """`name`'s torch optimizer, read-only (its hyper-parameters and moments; see restores_net_state)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no plain torch optimizer for {name}")
+
+    def grad_mean(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The mean over ranks of per-rank gradients, differentiably (what step() does to real gradients, for the
+        exact unrolled look-ahead, whose G gradient flows through D's updates); the identity on one process."""
+        return grads
 
     # -- learning rate -----------------------------------------------------------------------------------------
     def set_lr_scale(self, name: str, scale: float) -> None:
@@ -303,6 +324,23 @@ class TorchOptimizerState:
 
     def _param_groups(self, name: str) -> list[dict]:
         return self.optimizers[name].param_groups
+
+    def snapshot(self, name: str) -> dict:
+        """Copies of the module's state dict (weights and buffers), its optimizer's and its loss scaler's."""
+        scaler = self.scalers[name]
+        return {"module": {k: v.detach().clone() for k, v in self.modules[name].state_dict().items()},
+                "optim": copy.deepcopy(self.optimizers[name].state_dict()),
+                "scaler": scaler.state_dict() if scaler is not None else None}
+
+    def restore(self, name: str, snapshot: dict) -> None:
+        """Copy the snapshot back into the same tensors (weights, buffers) and the optimizer (its moments)."""
+        self.modules[name].load_state_dict(snapshot["module"])
+        self.optimizers[name].load_state_dict(copy.deepcopy(snapshot["optim"]))
+        if snapshot["scaler"] is not None:
+            self.scalers[name].load_state_dict(snapshot["scaler"])
+
+    def torch_optimizer(self, name: str) -> torch.optim.Optimizer:
+        return self.optimizers[name]
 
     def clear_optimizer_state(self) -> None:
         for optimizer in self.optimizers.values():

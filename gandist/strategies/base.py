@@ -11,8 +11,6 @@ A strategy owns G and D (wrapped as it needs: plain, DDP, DeepSpeed engine) and 
 from __future__ import annotations
 
 import contextlib
-import copy
-import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -22,6 +20,7 @@ from torch import nn
 
 from gandist.errors import UserError
 from gandist.optim import OptimSetup, build_optimizer  # noqa: F401  (OptimSetup: strategies import it here)
+from gandist.strategies.grad_stats import layer_grad_norms  # noqa: F401  (the ZeRO-free strategies' step; tests)
 
 NETS = ("G", "D")
 REDUCE_OPS = ("sum", "max", "min", "mean")
@@ -83,8 +82,8 @@ class Strategy(ABC):
     compiles_nets: bool = True  # train.compile can wrap the plain nets (not DeepSpeed's engines)
     optimizer_kinds: tuple[str, ...] | None = None  # optim kinds its checkpoints carry (None: any torch optimizer)
     clears_optimizer_state: bool = True  # clear_optimizer_state() works (not inside DeepSpeed's partitions)
-    # snapshot()/restore() of a net's weights, buffers and optimizer state, and torch_optimizer() (the unrolled GAN's
-    # look-ahead D updates): not inside DeepSpeed's partitioned master weights and moments
+    # snapshot(), restore() and torch_optimizer() of strategies/net_state.py (the unrolled GAN's look-ahead D
+    # updates): not over DeepSpeed's partitioned master weights and moments
     restores_net_state: bool = True
 
     modules: dict[str, nn.Module]
@@ -147,17 +146,18 @@ class Strategy(ABC):
         """Forget both optimizers' moments (progressive growing's reset_optim); see clears_optimizer_state."""
         raise NotImplementedError(f"{type(self).__name__} cannot clear its optimizer state")
 
+    # where restores_net_state: strategies/net_state.py (single, ddp)
     def snapshot(self, name: str) -> dict:
-        """`name`'s weights, buffers and optimizer state, for restore() (see restores_net_state)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot snapshot {name}")
+        """`name`'s weights, buffers and optimizer state, for restore()."""
+        raise NotImplementedError(f"{type(self).__name__} cannot snapshot {name} (restores_net_state)")
 
     def restore(self, name: str, snapshot: dict) -> None:
         """Put back what snapshot() took, bitwise."""
-        raise NotImplementedError(f"{type(self).__name__} cannot restore {name}")
+        raise NotImplementedError(f"{type(self).__name__} cannot restore {name} (restores_net_state)")
 
     def torch_optimizer(self, name: str) -> torch.optim.Optimizer:
-        """`name`'s torch optimizer, read-only (its hyper-parameters and moments; see restores_net_state)."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no plain torch optimizer for {name}")
+        """`name`'s torch optimizer, to read (hyper-parameters, moments)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no plain torch optimizer (restores_net_state)")
 
     def grad_mean(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """The mean over ranks of per-rank gradients, differentiably (what step() does to real gradients, for the
@@ -325,23 +325,6 @@ class TorchOptimizerState:
     def _param_groups(self, name: str) -> list[dict]:
         return self.optimizers[name].param_groups
 
-    def snapshot(self, name: str) -> dict:
-        """Copies of the module's state dict (weights and buffers), its optimizer's and its loss scaler's."""
-        scaler = self.scalers[name]
-        return {"module": {k: v.detach().clone() for k, v in self.modules[name].state_dict().items()},
-                "optim": copy.deepcopy(self.optimizers[name].state_dict()),
-                "scaler": scaler.state_dict() if scaler is not None else None}
-
-    def restore(self, name: str, snapshot: dict) -> None:
-        """Copy the snapshot back into the same tensors (weights, buffers) and the optimizer (its moments)."""
-        self.modules[name].load_state_dict(snapshot["module"])
-        self.optimizers[name].load_state_dict(copy.deepcopy(snapshot["optim"]))
-        if snapshot["scaler"] is not None:
-            self.scalers[name].load_state_dict(snapshot["scaler"])
-
-    def torch_optimizer(self, name: str) -> torch.optim.Optimizer:
-        return self.optimizers[name]
-
     def clear_optimizer_state(self) -> None:
         for optimizer in self.optimizers.values():
             optimizer.state.clear()
@@ -389,32 +372,3 @@ def zero_fill_missing_grads(params) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-
-
-_NAMED_PARAMETERS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
-
-
-def _named_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """module.named_parameters(), listed once per module: the nets' parameters are fixed after setup, and walking
-    the module tree twice a step was a measurable share of the step's framework cost (tools/bench/overhead.py)."""
-    named = _NAMED_PARAMETERS.get(module)
-    if named is None:
-        named = _NAMED_PARAMETERS[module] = list(module.named_parameters())
-    return named
-
-
-def layer_grad_norms(module: nn.Module) -> tuple[torch.Tensor | float, dict[str, torch.Tensor], torch.Tensor | int]:
-    """(total norm, per-parameter norms, non-finite count) of a module's current gradients, as device tensors.
-
-    A parameter with a non-finite gradient element reports NaN. Fused: one `_foreach_norm` for the norms and one for
-    the count (x * 0 is 0 for a finite x and NaN otherwise; the 0-norm counts the non-zeros), and no host sync.
-    """
-    named = [(name, p.grad.detach().float()) for name, p in _named_parameters(module) if p.grad is not None]
-    if not named:
-        return 0.0, {}, 0
-    names, grads = zip(*named)
-    norms = torch.stack(torch._foreach_norm(list(grads)))
-    bad = torch.stack(torch._foreach_norm(torch._foreach_mul(list(grads), 0.0), 0))
-    norms = torch.where(bad > 0, torch.full_like(norms, float("nan")), norms)
-    total = norms.double().square().sum().sqrt()
-    return total, dict(zip(names, norms.unbind())), bad.sum().long()

@@ -171,6 +171,10 @@ def check_unrolled(cfg) -> None:
     if cfg.train.amp == "fp16":
         raise ValueError(f"{keys} with train.amp=fp16: the look-ahead gradients are taken without the loss "
                          "scaler and underflow in fp16; use train.amp=bf16 or off, or optim.unrolled_form=copy")
+    if cfg.train.compile:
+        raise ValueError(f"{keys} with train.compile: the look-ahead differentiates through D's gradients, and "
+                         "torch.compile'd nets have no double backward; set train.compile=false or "
+                         "optim.unrolled_form=copy")
     if not strategy.supports_double_backward:
         raise ValueError(f"{keys} differentiates through D's gradients, which distributed.strategy="
                          f"{cfg.distributed.strategy} cannot; use optim.unrolled_form=copy")

@@ -167,6 +167,7 @@ def test_resume_with_unrolling_is_bitwise_exact(tmp_path, form):
     (["optim.d.kind=rmsprop"], ["optim.d.kind", "rmsprop", "optim.unrolled_form=copy"]),
     (["optim.accumulation=2"], ["optim.accumulation=2", "optim.unrolled_form=exact"]),
     (["train.amp=fp16"], ["train.amp=fp16"]),
+    (["train.compile=true", "model.spectral_norm=false"], ["train.compile", "optim.unrolled_form=copy"]),
 ])
 def test_unrolled_refusals_name_the_keys(extra, words):
     with pytest.raises(ConfigError) as err:

@@ -163,7 +163,8 @@ def check_unrolled(cfg) -> None:
         return
     if o.d.kind not in UNROLLED_EXACT_KINDS:
         raise ValueError(f"{keys} writes D's update out differentiably for optim.d.kind in "
-                         f"{', '.join(UNROLLED_EXACT_KINDS)}, not {o.d.kind}; use one of those or optim.unrolled_form=copy")
+                         f"{', '.join(UNROLLED_EXACT_KINDS)}, not {o.d.kind}; use one of those or "
+                         "optim.unrolled_form=copy")
     if o.accumulation > 1:
         raise ValueError(f"{keys} with optim.accumulation={o.accumulation}: G's micro-batches would each "
                          "backpropagate through one shared look-ahead graph; use optim.accumulation=1 or "

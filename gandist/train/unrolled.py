@@ -5,7 +5,8 @@ term included; no penalties, whose own state, e.g. LeCam's averages, must not mo
 batch (as the reference implementation does) with fresh latents from the stream `unroll{j}` of the step's
 world-size-invariant randomness. G's loss is then taken against the updated D, and after G's step D is exactly as the
 D phases left it: weights, optimizer moments, and buffers (spectral-norm u/v/sigma and BN running statistics, which
-the look-ahead forwards and G's forward through the look-ahead D update).
+the look-ahead forwards and G's forward through the look-ahead D update). G's buffers, which the look-ahead fakes
+move, are put back before G's phase, so that G's phase sees and updates them as it does without unrolling.
 
 - `exact` (the paper's): the updates are functional (torch.func.functional_call on D's parameters; Adam/AdamW/SGD,
   gradient clipping included, written out on the optimizer's own moments and hyper-parameters with create_graph=True),
@@ -39,26 +40,44 @@ def look_ahead(tr, phase, real, real_y):
 @contextmanager
 def _unrolled(tr, k: int, real, real_y):
     s = tr.strategy
-    D = s.module("D")
+    G, D = s.module("G"), s.module("D")
+    g_buffers = _buffers(G)  # the look-ahead fakes move G's BN statistics (and SN vectors): put back before G's phase
     if tr.cfg.optim.unrolled_form == "copy":
         snapshot = s.snapshot("D")
         try:
             for j in range(k):
                 _copy_step(tr, j, real, real_y)
+            _swap_in_buffers(G, g_buffers)
             yield
         finally:
             s.restore("D", snapshot)
         return
-    buffers = {n: b.detach().clone() for n, b in D.named_buffers()}
+    d_buffers = _buffers(D)
     try:
         params = exact_params(tr, k, real, real_y)
+        _swap_in_buffers(G, g_buffers)  # the look-ahead graph saved G's old buffers (BN's backward reads them)
         tr.d_look_ahead = _functional_d(D, params)
         yield
     finally:
         tr.d_look_ahead = None
-        with torch.no_grad():
-            for n, b in D.named_buffers():
-                b.copy_(buffers[n])
+        _restore_buffers(D, d_buffers)
+
+
+def _buffers(module) -> dict:
+    return {n: b.detach().clone() for n, b in module.named_buffers()}
+
+
+def _swap_in_buffers(module, saved: dict) -> None:
+    """The saved copies become the module's buffers (the old tensors stay untouched for a graph that holds them)."""
+    for name, value in saved.items():
+        owner, _, leaf = name.rpartition(".")
+        module.get_submodule(owner)._buffers[leaf] = value
+
+
+@torch.no_grad()
+def _restore_buffers(module, saved: dict) -> None:
+    for n, b in module.named_buffers():
+        b.copy_(saved[n])
 
 
 def _functional_d(D, params: dict):

@@ -66,6 +66,24 @@ def test_look_ahead_leaves_d_as_the_d_phase_left_it(tmp_path, form):
         d_only.close(), plain.close(), unrolled.close()
 
 
+@pytest.mark.parametrize("form", ["copy", "exact"])
+def test_look_ahead_fakes_leave_g_batch_norm_statistics_as_without_unrolling(tmp_path, form):
+    # DCGAN: BN in G (running statistics), SN in D; G's phase starts from the same G and buffers as with k=0
+    dcgan = ["model.arch=dcgan", "model.ch=8", "model.z_dim=8", "data.kind=digits", "data.resolution=8",
+             "train.batch_size=8", "telemetry.progress=false", "telemetry.sample_every=0", "train.steps=10"]
+    plain = Trainer(load_config(None, dcgan), str(tmp_path / "plain"))
+    unrolled = Trainer(load_config(None, dcgan + ["optim.unrolled_steps=2", f"optim.unrolled_form={form}"]),
+                       str(tmp_path / form))
+    try:
+        plain.train_step(), unrolled.train_step()
+        a, b = _state(plain, "G"), _state(unrolled, "G")
+        running = [k for k in a if k.endswith(("running_mean", "running_var"))]
+        assert running and all(torch.equal(a[k], b[k]) for k in running)
+        assert not all(torch.equal(a[k], b[k]) for k in a)  # while G's weights took another step
+    finally:
+        plain.close(), unrolled.close()
+
+
 def test_copy_and_exact_see_the_same_look_ahead_d_but_differ_in_g_gradient(tmp_path):
     # the exact form's functional Adam gives the D that copy's real torch Adam steps give: the same G loss value
     runs = {f: _trainer(tmp_path, f, ["optim.unrolled_steps=2", f"optim.unrolled_form={f}"]) for f in ("copy", "exact")}

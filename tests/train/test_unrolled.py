@@ -143,7 +143,7 @@ def test_exact_g_gradient_matches_finite_differences_through_torch_optimizer_ste
         grads = torch.autograd.grad(_d_loss(fwd, G, zs[2 + j], real), params, create_graph=True)
         params = update(params, list(grads))
     loss = nn.functional.softplus(-functional_call(D, dict(zip(names, params)), (G(zs[-1]),))).mean()
-    assert float(loss.detach()) == pytest.approx(float(g_loss_after(G)), rel=1e-12)  # the same D after the updates
+    assert float(loss.detach()) == pytest.approx(float(g_loss_after(G).detach()), rel=1e-12)  # the same D after the updates
     exact = torch.autograd.grad(loss, list(G.parameters()))
 
     eps = 1e-6
@@ -152,10 +152,10 @@ def test_exact_g_gradient_matches_finite_differences_through_torch_optimizer_ste
         for i in range(p.numel()):
             with torch.no_grad():
                 p.view(-1)[i] += eps
-            up = float(g_loss_after(G))
+            up = float(g_loss_after(G).detach())
             with torch.no_grad():
                 p.view(-1)[i] -= 2 * eps
-            down = float(g_loss_after(G))
+            down = float(g_loss_after(G).detach())
             with torch.no_grad():
                 p.view(-1)[i] += eps
             fd.view(-1)[i] = (up - down) / (2 * eps)

@@ -41,6 +41,13 @@ class OptimConfig(Section):
     d_steps: int = Field(1, ge=1, description="D steps per G step.")
     accumulation: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     grad_clip: float = Field(0.0, ge=0, description="Clip each net's gradient norm to this (0: off).")
+    unrolled_steps: int = Field(
+        0, ge=0, description="Unrolled GAN (Metz et al. 2017): G's loss is taken against D after this many extra "
+        "look-ahead D updates (on the step's last real batch, fresh noise each), then D is restored (0: off).")
+    unrolled_form: Literal["exact", "copy"] = Field(
+        "exact", description="exact: G's gradient flows through the look-ahead updates (the paper's; "
+        "torch.func.functional_call, Adam/AdamW/SGD updates written differentiably); copy: the look-ahead "
+        "updates are D's real optimizer steps, undone after G's step (no gradient through them, cheaper).")
     lr_decay_start: float = Field(
         1.0, gt=0, le=1, description="Fraction of train.steps after which both learning rates decay linearly "
         "towards 0 at train.steps (1: constant). Annealing sharpens a converged G (toy mode benchmarks).")

@@ -8,14 +8,14 @@ config validation turns into a ConfigError.
 """
 from __future__ import annotations
 
-from gandist.optim import ADAM_MOMENTS, check_impl
+from gandist.optim import ADAM_MOMENTS, UNROLLED_EXACT_KINDS, check_impl
 
 
 def check_all(cfg) -> None:
     """Every cross-section check, in the order a user meets them (the first failing one is reported)."""
     for check in (check_pack_divides_batch, check_topk_keeps_samples, check_data_fits, check_penalties_fit,
-                  check_freeze_d, check_optimizers, check_auxiliary_d, check_progressive, check_pixel_d,
-                  check_pyramid_d, check_penalties_fit_strategy, check_penalty_classes):
+                  check_freeze_d, check_optimizers, check_unrolled, check_auxiliary_d, check_progressive,
+                  check_pixel_d, check_pyramid_d, check_penalties_fit_strategy, check_penalty_classes):
         check(cfg)
 
 
@@ -138,6 +138,41 @@ def check_optimizers(cfg) -> None:
         raise ValueError(f"train.compile under distributed.strategy={strategy}: gandist compiles only the "
                          "plain nets of single/ddp (ZeRO-3 gathers partitioned weights in forward hooks that "
                          "graph capture does not see; ZeRO-1/2 untested); set train.compile=false or use ddp")
+
+
+def check_unrolled(cfg) -> None:
+    """Unrolled GAN (train/unrolled.py): D's state restored after the look-ahead; the exact form's update rules."""
+    o = cfg.optim
+    if not o.unrolled_steps:
+        return
+    keys = f"optim.unrolled_steps={o.unrolled_steps} (optim.unrolled_form={o.unrolled_form})"
+    strategy = _strategy(cfg)
+    if not strategy.restores_net_state:
+        # zero3 also partitions D's weights, which the exact form's functional forward needs whole and twice
+        # differentiable (supports_double_backward is False there)
+        raise ValueError(f"{keys} under distributed.strategy={cfg.distributed.strategy}: D's fp32 master weights "
+                         "and optimizer moments live in DeepSpeed's partitions, which the look-ahead can neither "
+                         "read as plain tensors (exact) nor snapshot and put back (copy); use ddp or single")
+    if o.unrolled_form == "copy":
+        return
+    if o.d.kind not in UNROLLED_EXACT_KINDS:
+        raise ValueError(f"{keys} writes D's update out differentiably for optim.d.kind in "
+                         f"{', '.join(UNROLLED_EXACT_KINDS)}, not {o.d.kind}; use one of those or "
+                         "optim.unrolled_form=copy")
+    if o.accumulation > 1:
+        raise ValueError(f"{keys} with optim.accumulation={o.accumulation}: G's micro-batches would each "
+                         "backpropagate through one shared look-ahead graph; use optim.accumulation=1 or "
+                         "optim.unrolled_form=copy")
+    if cfg.train.amp == "fp16":
+        raise ValueError(f"{keys} with train.amp=fp16: the look-ahead gradients are taken without the loss "
+                         "scaler and underflow in fp16; use train.amp=bf16 or off, or optim.unrolled_form=copy")
+    if cfg.train.compile:
+        raise ValueError(f"{keys} with train.compile: the look-ahead differentiates through D's gradients, and "
+                         "torch.compile'd nets have no double backward; set train.compile=false or "
+                         "optim.unrolled_form=copy")
+    if not strategy.supports_double_backward:
+        raise ValueError(f"{keys} differentiates through D's gradients, which distributed.strategy="
+                         f"{cfg.distributed.strategy} cannot; use optim.unrolled_form=copy")
 
 
 def check_auxiliary_d(cfg) -> None:

@@ -21,6 +21,7 @@ from gandist.configbase import Section
 KINDS = ("adam", "adamw", "amsgrad", "adabelief", "rmsprop", "sgd")
 FUSED = ("adam", "adamw", "amsgrad", "sgd")  # torch optimizers with a fused kernel (CPU and CUDA)
 ADAM_MOMENTS = ("adam", "adamw")  # state exactly {step, exp_avg, exp_avg_sq}: what the ZeRO checkpoints carry
+UNROLLED_EXACT_KINDS = ("adam", "adamw", "sgd")  # D optimizers whose update train/unrolled.py writes differentiably
 
 
 class NetOptimConfig(Section):

@@ -11,7 +11,6 @@ A strategy owns G and D (wrapped as it needs: plain, DDP, DeepSpeed engine) and 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -21,6 +20,7 @@ from torch import nn
 
 from gandist.errors import UserError
 from gandist.optim import OptimSetup, build_optimizer  # noqa: F401  (OptimSetup: strategies import it here)
+from gandist.strategies.grad_stats import layer_grad_norms  # noqa: F401  (the ZeRO-free strategies' step; tests)
 
 NETS = ("G", "D")
 REDUCE_OPS = ("sum", "max", "min", "mean")
@@ -82,6 +82,9 @@ class Strategy(ABC):
     compiles_nets: bool = True  # train.compile can wrap the plain nets (not DeepSpeed's engines)
     optimizer_kinds: tuple[str, ...] | None = None  # optim kinds its checkpoints carry (None: any torch optimizer)
     clears_optimizer_state: bool = True  # clear_optimizer_state() works (not inside DeepSpeed's partitions)
+    # snapshot(), restore() and torch_optimizer() of strategies/net_state.py (the unrolled GAN's look-ahead D
+    # updates): not over DeepSpeed's partitioned master weights and moments
+    restores_net_state: bool = True
 
     modules: dict[str, nn.Module]
     trainable: dict[str, list[nn.Parameter]]  # each net's parameters that required grad at setup
@@ -142,6 +145,24 @@ class Strategy(ABC):
     def clear_optimizer_state(self) -> None:
         """Forget both optimizers' moments (progressive growing's reset_optim); see clears_optimizer_state."""
         raise NotImplementedError(f"{type(self).__name__} cannot clear its optimizer state")
+
+    # where restores_net_state: strategies/net_state.py (single, ddp)
+    def snapshot(self, name: str) -> dict:
+        """`name`'s weights, buffers and optimizer state, for restore()."""
+        raise NotImplementedError(f"{type(self).__name__} cannot snapshot {name} (restores_net_state)")
+
+    def restore(self, name: str, snapshot: dict) -> None:
+        """Put back what snapshot() took, bitwise."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restore {name} (restores_net_state)")
+
+    def torch_optimizer(self, name: str) -> torch.optim.Optimizer:
+        """`name`'s torch optimizer, to read (hyper-parameters, moments)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no plain torch optimizer (restores_net_state)")
+
+    def grad_mean(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The mean over ranks of per-rank gradients, differentiably (what step() does to real gradients, for the
+        exact unrolled look-ahead, whose G gradient flows through D's updates); the identity on one process."""
+        return grads
 
     # -- learning rate -----------------------------------------------------------------------------------------
     def set_lr_scale(self, name: str, scale: float) -> None:
@@ -351,32 +372,3 @@ def zero_fill_missing_grads(params) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-
-
-_NAMED_PARAMETERS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
-
-
-def _named_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """module.named_parameters(), listed once per module: the nets' parameters are fixed after setup, and walking
-    the module tree twice a step was a measurable share of the step's framework cost (tools/bench/overhead.py)."""
-    named = _NAMED_PARAMETERS.get(module)
-    if named is None:
-        named = _NAMED_PARAMETERS[module] = list(module.named_parameters())
-    return named
-
-
-def layer_grad_norms(module: nn.Module) -> tuple[torch.Tensor | float, dict[str, torch.Tensor], torch.Tensor | int]:
-    """(total norm, per-parameter norms, non-finite count) of a module's current gradients, as device tensors.
-
-    A parameter with a non-finite gradient element reports NaN. Fused: one `_foreach_norm` for the norms and one for
-    the count (x * 0 is 0 for a finite x and NaN otherwise; the 0-norm counts the non-zeros), and no host sync.
-    """
-    named = [(name, p.grad.detach().float()) for name, p in _named_parameters(module) if p.grad is not None]
-    if not named:
-        return 0.0, {}, 0
-    names, grads = zip(*named)
-    norms = torch.stack(torch._foreach_norm(list(grads)))
-    bad = torch.stack(torch._foreach_norm(torch._foreach_mul(list(grads), 0.0), 0))
-    norms = torch.where(bad > 0, torch.full_like(norms, float("nan")), norms)
-    total = norms.double().square().sum().sqrt()
-    return total, dict(zip(names, norms.unbind())), bad.sum().long()

@@ -21,9 +21,10 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from gandist.strategies.base import NETS, OptimSetup, Strategy, TorchOptimizerState, build_adam
 from gandist.strategies.dist_env import DistributedBase, broadcast_module
+from gandist.strategies.net_state import NetStateRestore
 
 
-class DDPStrategy(TorchOptimizerState, DistributedBase, Strategy):
+class DDPStrategy(NetStateRestore, TorchOptimizerState, DistributedBase, Strategy):
     """Data-parallel G and D with plain torch Adam on every rank (`distributed.strategy: ddp`)."""
 
     def __init__(self, cfg) -> None:

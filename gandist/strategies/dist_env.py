@@ -136,6 +136,17 @@ class DistributedBase:
 
         return differentiable_all_reduce(tensor.mean(), group=self.env.group) / self.world_size
 
+    def grad_mean(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-rank gradients averaged over ranks in one flat all-reduce, as ddp's step averages real gradients, but
+        differentiable (torch.distributed.nn): G's gradient reaches every rank's fakes through D's look-ahead."""
+        if self.world_size == 1 or not grads:
+            return grads
+        from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+        flat = differentiable_all_reduce(torch.cat([g.reshape(-1) for g in grads]), group=self.env.group)
+        flat = flat / self.world_size
+        return [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
+
     def barrier(self) -> None:
         """Wait for every rank."""
         dist.barrier(group=self.env.group)

@@ -9,6 +9,7 @@ from torch import nn
 
 from gandist.strategies.base import (NETS, OptimSetup, Strategy, TorchOptimizerState, build_adam, check_precision,
                                      check_reduce_op, pick_device)
+from gandist.strategies.net_state import NetStateRestore
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -19,7 +20,7 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
     return torch.autocast(device.type, dtype=dtype)
 
 
-class SingleStrategy(TorchOptimizerState, Strategy):
+class SingleStrategy(NetStateRestore, TorchOptimizerState, Strategy):
     """Plain modules and torch Adam; gradient accumulation by scaling each micro-batch loss by 1/n."""
 
     def __init__(self, cfg):

@@ -123,6 +123,7 @@ class ZeroStrategy(ZeroCheckpointState, DistributedBase, Strategy):
     compiles_nets = False  # ZeRO-3 gathers weights in forward hooks that graph capture does not see; 1/2 untested
     optimizer_kinds = ADAM_MOMENTS  # zero_state.py carries exactly {step, exp_avg, exp_avg_sq} by name
     clears_optimizer_state = False  # the moments live in DeepSpeed's flat partitions
+    restores_net_state = False  # so do the fp32 master weights: nothing the loop can snapshot and put back
 
     @classmethod
     def variant(cls, name: str) -> type["ZeroStrategy"]:

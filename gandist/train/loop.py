@@ -21,7 +21,7 @@ from gandist.optim import lazy_optim
 from gandist.randomness import seed_step_rng, stream_seed
 from gandist.strategies import build_strategy
 from gandist.train import ema as ema_lib
-from gandist.train import health, outputs, parts
+from gandist.train import health, outputs, parts, unrolled
 from gandist.train.device_setup import configure_device
 from gandist.train.finetune import freeze_d, init_from
 from gandist.train.lr import LearningRate
@@ -74,6 +74,7 @@ class Trainer:
         self.loader = self.source.loader(s.rank, s.world_size, cfg.train.batch_size, cfg.seed, cfg.optim.accumulation)
 
         self.phases = build_phases(self.penalties, cfg.optim.d_steps)
+        self.d_look_ahead = None  # the unrolled GAN's look-ahead D (a functional forward) during the G phase
         self.lr = LearningRate(s, steps=cfg.train.steps, decay_start=cfg.optim.lr_decay_start)
 
         self.step, self.images_seen, self.noise_epoch = 0, 0, 0
@@ -164,7 +165,8 @@ class Trainer:
                     real = self.growth.fade_reals(real) if self.growth is not None else real
                     sig.data_wait += time.perf_counter() - t0
                 t1 = time.perf_counter()
-                run_phase(self, phase, phase.tag(k), real, real_y, sig)
+                with unrolled.look_ahead(self, phase, real, real_y):  # G against D after k updates (or nothing)
+                    run_phase(self, phase, phase.tag(k), real, real_y, sig)
                 sig.seconds[phase.name] = sig.seconds.get(phase.name, 0.0) + time.perf_counter() - t1
         if self.G_ema is not None:
             ema_lib.step_ema(self.G_ema, s, cfg.train.ema, cfg.train.batch_size, self.images_seen, self.step)

@@ -52,9 +52,10 @@ def d_forward(tr, x: torch.Tensor, y, rand: GlobalRandom, with_class: bool = Fal
         x, y = prepare_d_input(x, y, aug, tr.step, rand)
     if tr.cfg.train.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
+    D = tr.strategy.net("D") if tr.d_look_ahead is None else tr.d_look_ahead  # unrolled GAN: train/unrolled.py
     if with_pixels:
-        return tr.strategy.net("D")(x, y, return_pixels=True)
-    return tr.strategy.net("D")(x, y, return_class=True) if with_class else tr.strategy.net("D")(x, y)
+        return D(x, y, return_pixels=True)
+    return D(x, y, return_class=True) if with_class else D(x, y)
 
 
 def generate(tr, z: torch.Tensor, y):

@@ -3,6 +3,7 @@
     .venv/bin/python tools/bench/modes.py                      # all three, both settings
     .venv/bin/python tools/bench/modes.py --only ring8 --steps 2000 --out bench_modes.json
     .venv/bin/python tools/bench/modes.py --only ring8 --no-off --seed 1 --seed 2  # the spread over seeds
+    .venv/bin/python tools/bench/modes.py --only ring8 --no-off --set optim.unrolled_steps=5 --label k5
 
 "on" trains the config as written (configs/<name>.yaml: R1 + PacGAN + EMA for the toys; hinge + SN + R1 + EMA for
 stacked digits). "off" is the plain GAN of the same nets: no penalties, no packing, no EMA, no spectral norm.
@@ -33,8 +34,9 @@ BENCHES = {
 STABILIZATION_OFF = ["penalties=[]", "augment.pack=1", "train.ema.enabled=false", "model.spectral_norm=false"]
 
 
-def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None, seed: int | None = None) -> dict:
-    """Train one benchmark config (stabilization on or off) and evaluate its final generator."""
+def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None, seed: int | None = None,
+            extra: list[str] | None = None, label: str | None = None) -> dict:
+    """Train one benchmark config (stabilization on or off, plus `extra` overrides) and evaluate its final G."""
     from gandist.api import load_run
     from gandist.config import load_config
     from gandist.eval.periodic import Evaluator
@@ -45,8 +47,10 @@ def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None, seed:
         overrides.append(f"train.steps={steps}")
     if seed is not None:
         overrides.append(f"seed={seed}")
+    overrides += extra or []
     cfg = load_config(ROOT / BENCHES[name]["config"], overrides)
-    run_dir = out_dir / (f"{name}-{'on' if stabilized else 'off'}" + ("" if seed is None else f"-seed{seed}"))
+    stab = label or ("on" if stabilized else "off")
+    run_dir = out_dir / (f"{name}-{stab}" + ("" if seed is None else f"-seed{seed}"))
     if run_dir.exists():  # a fresh run every time: a leftover checkpoint would be resumed and time nothing
         shutil.rmtree(run_dir)
     start = time.time()
@@ -61,7 +65,7 @@ def run_one(name: str, stabilized: bool, out_dir: Path, steps: int | None, seed:
         for line in history.read_text().splitlines():
             rec = json.loads(line)
             trajectory.append({k: rec[k] for k in ("step", "modes", "high_quality", "reverse_kl") if k in rec})
-    return {"bench": name, "stabilization": "on" if stabilized else "off", "seed": cfg.seed, "steps": run.step,
+    return {"bench": name, "stabilization": stab, "seed": cfg.seed, "steps": run.step,
             "train_seconds": round(train_seconds, 1), "rollbacks": count_events(run_dir, "rollback"), **metrics,
             "trajectory": trajectory}
 
@@ -96,6 +100,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, action="append", help="train with these seeds (default: the config's)")
     parser.add_argument("--work-dir", default="runs/bench_modes", help="run directories go here")
     parser.add_argument("--out", default=None, help="also write the results as JSON")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for every run (e.g. optim.unrolled_steps=5)")
+    parser.add_argument("--label", default=None, help="name the runs (the stab. column) instead of on/off")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out_dir = Path(args.work_dir)
@@ -103,7 +110,7 @@ def main() -> int:
     for name in args.only or list(BENCHES):
         for stabilized in [s for s in (True, False) if not (args.no_on if s else args.no_off)]:
             for seed in args.seed or [None]:
-                rows.append(run_one(name, stabilized, out_dir, args.steps, seed))
+                rows.append(run_one(name, stabilized, out_dir, args.steps, seed, args.extra, args.label))
                 print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
                 print("    periodic eval (step: modes, high q.): " + ", ".join(
                     f"{t['step']}: {t['modes']}" + (f" {t['high_quality']:.3f}" if "high_quality" in t else "")

@@ -134,6 +134,8 @@ def test_elastic_group_shrinks_on_node_loss_grows_back_and_matches_one_process(m
            "GANDIST_RAY_RESIZE_INTERVAL": "2", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1"}
     cluster = Cluster(tmp_path, env)
+    # Ray's own helpers (its placement-group cleaner) find the cluster by RAY_ADDRESS when others run on the machine
+    env["RAY_ADDRESS"] = f"127.0.0.1:{cluster.gcs}"
     run = tmp_path / "run"
     driver_log = tmp_path / "driver.log"
     driver = None
@@ -147,8 +149,9 @@ def test_elastic_group_shrinks_on_node_loss_grows_back_and_matches_one_process(m
         t["cluster_up"] = time.time() - t0
 
         argv = [str(VENV_BIN / "gandist"), "train", *TOY, "--set", "distributed.strategy=ddp", "--set",
-                f"checkpoint.url={ckpt_url}", "--run-dir", str(run), "--ray", "--address", f"127.0.0.1:{cluster.gcs}",
-                "--workers", "1:2"]
+                # the node loss, and Ray's first restart at the old size timing out, each count as a failure
+                "distributed.max_failures=6", "--set", f"checkpoint.url={ckpt_url}", "--run-dir", str(run),
+                "--ray", "--address", f"127.0.0.1:{cluster.gcs}", "--workers", "1:2"]
         log = open(driver_log, "w")
         driver = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         deadline = time.time() + BOUND

@@ -123,7 +123,16 @@ def _wait(condition, what: str, deadline: float, driver=None, log=None) -> None:
         time.sleep(0.1)
 
 
-def test_elastic_group_shrinks_on_node_loss_grows_back_and_matches_one_process(moto_endpoint, s3_bucket, tmp_path):
+ZERO2_ENV = "GANDIST_TEST_ELASTIC_ZERO2"  # opt-in: the zero2 case passes too, but a second 4.5-minute run does not fit CI
+
+
+@pytest.mark.parametrize("strategy", [
+    "ddp",
+    pytest.param("zero2", marks=pytest.mark.skipif(os.environ.get(ZERO2_ENV) != "1", reason=(
+        f"CI time: another ~5 minutes; set {ZERO2_ENV}=1 to run it (passed 2026-12-03, see docs/orchestration.md)"))),
+])
+def test_elastic_group_shrinks_on_node_loss_grows_back_and_matches_one_process(moto_endpoint, s3_bucket, tmp_path,
+                                                                              strategy):
     ckpt_url = f"s3://{s3_bucket}/elastic/ckpts"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "DS_ACCELERATOR": "cpu", "RAY_USAGE_STATS_ENABLED": "0",
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), "AWS_ENDPOINT_URL": moto_endpoint,
@@ -148,7 +157,7 @@ def test_elastic_group_shrinks_on_node_loss_grows_back_and_matches_one_process(m
         _wait(lambda: cluster.started("second"), "the second node", t0 + 180)
         t["cluster_up"] = time.time() - t0
 
-        argv = [str(VENV_BIN / "gandist"), "train", *TOY, "--set", "distributed.strategy=ddp", "--set",
+        argv = [str(VENV_BIN / "gandist"), "train", *TOY, "--set", f"distributed.strategy={strategy}", "--set",
                 # the node loss, and Ray's first restart at the old size timing out, each count as a failure
                 "distributed.max_failures=6", "--set", f"checkpoint.url={ckpt_url}", "--run-dir", str(run),
                 "--ray", "--address", f"127.0.0.1:{cluster.gcs}", "--workers", "1:2"]

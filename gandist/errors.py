@@ -33,3 +33,9 @@ class WatchdogGaveUp(UserError):
     def __init__(self, report: str) -> None:
         super().__init__(report)
         self.report = report
+
+
+class Preempted(UserError):
+    """SIGTERM stopped training after the group saved a checkpoint (gandist/train/preempt.py). Exit code 143."""
+
+    exit_code = 143

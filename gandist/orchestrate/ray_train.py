@@ -123,10 +123,23 @@ class RayReporter:
                              checkpoint_dir_name=dir_name)
 
 
+def rank_environment(context) -> dict[str, str]:
+    """The torchrun-style rank variables of one Ray Train worker, from its TrainContext.
+
+    Workers of one group can span nodes: the world rank orders them over the whole group, the local rank and local
+    world size count them on their own node (it picks the GPU), the node rank numbers the nodes.
+    """
+    return {"RANK": str(context.get_world_rank()), "WORLD_SIZE": str(context.get_world_size()),
+            "LOCAL_RANK": str(context.get_local_rank()), "LOCAL_WORLD_SIZE": str(context.get_local_world_size()),
+            "NODE_RANK": str(context.get_node_rank())}
+
+
 def _train_worker(config: dict) -> None:
     """Runs on every Ray Train worker: the ordinary gandist loop on Ray's process group."""
     import ray.train
 
+    # Ray Train V2 exports these itself; setting them from the context keeps them right whatever Ray version
+    os.environ.update(rank_environment(ray.train.get_context()))
     from gandist.config import config_from_dict
     from gandist.train.loop import run_training
 

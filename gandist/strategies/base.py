@@ -70,6 +70,7 @@ class Strategy(ABC):
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    node_rank: int = 0  # the node this process runs on (workers of one group may span nodes)
     device: torch.device = torch.device("cpu")
     process_group: Any = None  # the group cross-replica BN reduces over (None: single process)
 

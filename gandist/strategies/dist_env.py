@@ -32,6 +32,33 @@ class DistEnv:
     backend: str
     group: Any
     owns_group: bool  # we initialized it, so we destroy it on close
+    node_rank: int = 0  # which node (machine) this process runs on, 0..nodes-1
+    local_world_size: int = 1  # processes on this node
+
+
+def node_position(environ=os.environ) -> tuple[int, int, int]:
+    """(local_rank, local_world_size, node_rank) from the launcher's environment, checked.
+
+    torchrun sets LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK; Ray Train sets LOCAL_RANK, LOCAL_WORLD_SIZE and
+    NODE_RANK from its context (ray_train.rank_environment). The local rank picks the GPU (cuda:LOCAL_RANK) and the
+    metrics port; cross-replica BN and gradient averaging use the global group, so they do not depend on it.
+    """
+    def read(*names: str, default: str) -> int:
+        for name in names:
+            if name in environ:
+                text = environ[name]
+                if not text.isdigit():
+                    raise UserError(f"{name}={text!r} in the environment is not a rank; unset it or fix the launcher")
+                return int(text)
+        return int(default)
+
+    local_rank = read("LOCAL_RANK", default="0")
+    local_world = read("LOCAL_WORLD_SIZE", default=str(local_rank + 1))
+    node_rank = read("NODE_RANK", "GROUP_RANK", default="0")
+    if local_rank >= local_world:
+        raise UserError(f"LOCAL_RANK={local_rank} but LOCAL_WORLD_SIZE={local_world} in the environment; the "
+                        "launcher set inconsistent ranks (launch with torchrun or `gandist train --ray`)")
+    return local_rank, local_world, node_rank
 
 
 def pick_backend(backend: str, device: torch.device) -> str:
@@ -45,11 +72,12 @@ def pick_backend(backend: str, device: torch.device) -> str:
 
 def init_process_group(backend: str = "auto", device: str = "auto") -> DistEnv:
     """Reuse an initialized default group (Ray Train) or initialize one from the torchrun environment variables."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank, local_world, node_rank = node_position()
     dev = pick_device(device, local_rank)
+    where = {"node_rank": node_rank, "local_world_size": local_world}
     if dist.is_available() and dist.is_initialized():
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, dist.get_backend(),
-                       dist.group.WORLD, owns_group=False)
+                       dist.group.WORLD, owns_group=False, **where)
     missing = [k for k in _ENV_KEYS if k not in os.environ]
     if missing:
         raise UserError(
@@ -60,7 +88,8 @@ def init_process_group(backend: str = "auto", device: str = "auto") -> DistEnv:
     kwargs = {"device_id": dev} if chosen == "nccl" else {}
     dist.init_process_group(backend=chosen, rank=int(os.environ["RANK"]),
                             world_size=int(os.environ["WORLD_SIZE"]), **kwargs)
-    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, chosen, dist.group.WORLD, owns_group=True)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, chosen, dist.group.WORLD, owns_group=True,
+                   **where)
 
 
 @torch.no_grad()
@@ -112,6 +141,7 @@ class DistributedBase:
         self.env = init_process_group(cfg.distributed.backend, cfg.train.device)
         self.rank, self.world_size = self.env.rank, self.env.world_size
         self.local_rank, self.device = self.env.local_rank, self.env.device
+        self.node_rank = self.env.node_rank
         self.process_group = self.env.group
         check_precision(cfg.train.amp, self.device)
 

@@ -24,7 +24,10 @@ def check_health(tr, sig) -> None:
     s = tr.strategy
     with s.gathered("G") as G_full:
         local = tr.watchdog.observe(sig, G_full, s.module("D"), tr.G_ema)
-    agreed = int(s.all_reduce(torch.tensor([local], dtype=torch.int64), "max").item())
+    # one reduction carries the verdict and the SIGTERM flag (gandist/train/preempt.py): no extra sync per step
+    flags = torch.tensor([local, tr.stop.flag()], dtype=torch.int64, device=s.device)
+    agreed, stop = s.all_reduce(flags, "max").tolist()
+    tr.stop.note_agreed(stop)
     sig.verdict = ("ok", "warn", "diverged")[agreed]
     try:
         action = tr.watchdog.resolve(agreed, sig)

@@ -21,7 +21,7 @@ from gandist.optim import lazy_optim
 from gandist.randomness import seed_step_rng, stream_seed
 from gandist.strategies import build_strategy
 from gandist.train import ema as ema_lib
-from gandist.train import health, outputs, parts, unrolled
+from gandist.train import health, outputs, parts, preempt, unrolled
 from gandist.train.device_setup import configure_device
 from gandist.train.finetune import freeze_d, init_from
 from gandist.train.lr import LearningRate
@@ -82,6 +82,7 @@ class Trainer:
         self.rollbacks: list[dict] = []
         self.best_pending = False
         self.watchdog = parts.build_watchdog(cfg, s)
+        self.stop = preempt.StopRequest()  # SIGTERM: the group saves and stops at a step it agrees on
         self.metrics_log = JsonlWriter(os.path.join(run_dir, "metrics.jsonl") if self.is_main else None)
         self.events_log = JsonlWriter(os.path.join(run_dir, "events.jsonl") if self.is_main else None)
         self.sinks = parts.build_sinks(cfg, s, run_dir, self.is_main)
@@ -193,6 +194,7 @@ class Trainer:
         start_step, start_time = self.step, time.time()
         progress = outputs.Progress(self)
         sig = None
+        self.stop.install()
         try:
             while self.step < cfg.train.steps and not outputs.stopped_early(self):
                 t0 = time.perf_counter()
@@ -212,6 +214,8 @@ class Trainer:
                 if self.best_pending:
                     self.ckpt.mark_best(self.step, self.best_pending)
                     self.best_pending = False
+                if self.stop.agreed(s, self.step):
+                    preempt.stop_preempted(self)
         except KeyboardInterrupt:
             # one process: keep the work done since the last checkpoint (ranks of a group may not all be
             # interrupted, and a save is collective, so multi-rank runs resume from the last periodic checkpoint)
@@ -220,6 +224,7 @@ class Trainer:
                 log.warning("interrupted: saved a checkpoint at step %d", self.step)
             raise
         finally:
+            self.stop.restore()
             progress.close()
         outputs.write_samples(self)
         summary = outputs.summary(self, start_step, time.time() - start_time, sig)

@@ -45,8 +45,10 @@ def write_samples(tr) -> None:
 def announce_start(tr, resumed: int | None) -> None:
     """The start event, and a resize event when a resumed run's world size changed (an elastic group, or a user)."""
     s = tr.strategy
+    # (node, local rank) of every rank, in rank order: one gather at start, so the log shows how a group spans nodes
+    placement = s.all_gather_object([s.node_rank, s.local_rank]) if s.world_size > 1 else [[s.node_rank, s.local_rank]]
     tr.event({"event": "start", "resumed_from": resumed, "world_size": s.world_size,
-              "strategy": tr.cfg.distributed.strategy})
+              "strategy": tr.cfg.distributed.strategy, "placement": placement})
     before = getattr(tr.ckpt, "resumed", {}) if resumed is not None else {}
     if before.get("world_size") not in (None, s.world_size):
         tr.event({"event": "resize", "from": before["world_size"], "to": s.world_size, "step": resumed,

@@ -192,7 +192,7 @@ def net_rows(args, device: str) -> dict:
 def compile_row(device: str) -> dict:
     """Tiny DCGAN without SN: eager vs train.compile ms/step on CUDA."""
     if device != "cuda":
-        return {"result": SKIPPED, "note": "CPU: tools/bench/models.py --loop-compile"}
+        return {"result": SKIPPED, "note": "on CPU: tools/bench/models.py --loop-compile (docs/benchmarks.md)"}
     sets = ["model.spectral_norm=false", "train.batch_size=64"]
     out = {}
     for compiled in (False, True):

@@ -74,6 +74,10 @@ class TrainConfig(Section):
         "auto: deterministic on CPU (bitwise reproducible), fast on CUDA (cudnn.benchmark, TF32); true: "
         "deterministic algorithms everywhere (sets CUBLAS_WORKSPACE_CONFIG on CUDA); false: fast everywhere."))
     compile: bool = Field(False, description="torch.compile G and D (single and ddp; checkpoints stay plain).")
+    compile_backend: Literal["inductor", "aot_eager"] = Field("inductor", description=(
+        "train.compile's backend: inductor generates kernels (on CPU it needs a C++ compiler, g++ or $CXX); "
+        "aot_eager captures the same forward and backward graphs and runs them with torch's kernels (no speed-up, "
+        "seconds instead of minutes to compile: tells a graph-capture problem from a code-generation one)."))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     channels_last: bool = Field(False, description="Use channels_last memory format for image nets.")
     ema: EMAConfig = Field(default_factory=EMAConfig, description="EMA of G.")

@@ -240,6 +240,10 @@ def check_penalties_fit_strategy(cfg) -> None:
     strategy = _strategy(cfg)
     classes = [resolve(PENALTIES, p.kind, "penalties.kind") for p in cfg.penalties]
     twice = [p.kind for p, cls in zip(cfg.penalties, classes) if cls.double_backward]
+    if twice and cfg.train.compile:  # measured: the tiny StyleGAN2's lazy R1 step fails at its first double backward
+        raise ValueError(f"train.compile with penalties {', '.join(twice)}: they differentiate through a gradient "
+                         "(create_graph) of the compiled net, and torch.compile's AOT autograd does not support "
+                         "double backward (both backends); set train.compile=false or drop those penalties")
     if twice and not strategy.supports_double_backward:
         raise ValueError(
             f"penalties: {', '.join(twice)} differentiate(s) twice, which DeepSpeed ZeRO-3 cannot do "

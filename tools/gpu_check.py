@@ -11,12 +11,13 @@ folder of generated PNGs at their resolution, BigGAN's with 1000 class folders, 
   GPU: seconds per 1000 images over whole lazy-regularization periods, after a warm-up (cudnn autotuning). The
   reference is stylegan2-ada-pytorch's 21.6 s/kimg at 256 px on one V100 (its README's table).
 - syncs per step: torch.cuda.set_sync_debug_mode("warn") during the steps of each net; every synchronizing CUDA call
-  (gandist's and torch's own) warns once; the row gives the most in one step and the mean.
+  (gandist's and torch's own) warns once; the row gives the most in one step and the mean. Without CUDA the row
+  counts gandist's own Tensor conversions instead (tests/synckit.py, as tests/train/test_host_syncs.py does).
 - ddp + cross-replica BN on NCCL, world size 1 (tiny BigGAN, whose BN layers all-reduce their statistics over the
   group); ZeRO-2 on CUDA (DeepSpeed, tiny DCGAN); train.compile on CUDA (tiny DCGAN without SN, eager vs compiled
   ms/step). The distributed rows run in child processes (a fresh process group and CUDA context each).
---tiny (any device): the configs' tiny digits versions at batch 4 and two timed steps (amp off on CPU), so a CPU test can check the table.
-On a machine without CUDA every CUDA-only row reads "skipped: no CUDA".
+--tiny (any device): the configs' tiny digits versions at batch 4 and two timed steps (amp off on CPU), so a CPU test
+can check the table (tests/core/test_gpu_check.py). Without CUDA every CUDA-only row reads "skipped: no CUDA".
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ NETS = [
      ["data={kind: folder, path: FOLDER, resolution: 256, channels: 3}", "distributed={strategy: single}"],
      "stylegan2_tiny_digits.yaml", ["train.batch_size=4"], 16, 2),
 ]
-ROWS = [n[0] for n in NETS] + ["syncs per step (cuda sync debug)", "ddp + cross-replica bn, nccl, world size 1",
+ROWS = [n[0] for n in NETS] + ["syncs per step", "ddp + cross-replica bn, nccl, world size 1",
                                "zero2 on cuda", "train.compile on cuda"]
 SKIPPED = "skipped: no CUDA"
 
@@ -137,6 +138,19 @@ def count_cuda_syncs(tr, steps: int) -> list[int]:
     return per_step
 
 
+def count_gandist_syncs(tr, steps: int) -> list[int]:
+    """Host syncs per loop iteration made from gandist's own code (any device): tests/synckit.py's count of the
+    Tensor conversion calls (item, tolist, float, ...), the counter tests/train/test_host_syncs.py uses."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from synckit import counting_syncs
+
+    with counting_syncs() as counter:
+        for _ in range(steps):
+            counter.iteration += 1
+            _step(tr)
+    return [counter.per_iteration[i] for i in range(steps)]
+
+
 def net_rows(args, device: str) -> dict:
     """The two s/kimg rows and the syncs row (measured on the same trainers)."""
     rows, syncs = {}, {}
@@ -163,23 +177,22 @@ def net_rows(args, device: str) -> dict:
                 rows[row] = {"result": f"{s_per_kimg:.2f} s/kimg ({batch} img/step, {seconds * 1e3:.0f} ms/step)",
                              "value": s_per_kimg, "note": f"{'tiny: ' if args.tiny else ''}configs/{cfg_name}, amp {amp.split('=')[1]}, {n} timed "
                                      f"steps; {ref}".rstrip("; ")}
-                if device == "cuda":
-                    syncs[cfg_name] = count_cuda_syncs(tr, lazy if lazy > 1 else 4)
+                count = count_cuda_syncs if device == "cuda" else count_gandist_syncs
+                syncs[cfg_name] = count(tr, lazy if lazy > 1 else 4)
             finally:
                 tr.close()
-    if device != "cuda":
-        rows[ROWS[2]] = {"result": SKIPPED, "note": "tests/train/test_host_syncs.py counts them on CPU"}
-    else:
-        cells = [f"{Path(c).stem}: max {max(v)}, mean {sum(v) / len(v):.1f}" for c, v in syncs.items()]
-        rows[ROWS[2]] = {"result": "; ".join(cells), "value": {c: v for c, v in syncs.items()},
-                         "note": "target: a constant few (issue 14: <= 4 from gandist's own code)"}
+    cells = [f"{Path(c).stem}: max {max(v)}, mean {sum(v) / len(v):.1f}" for c, v in syncs.items()]
+    how = ("" if device == "cuda" else f"{SKIPPED} for the sync debug mode; counted instead: gandist's own "
+           "Tensor conversions (tests/synckit.py); ")
+    rows[ROWS[2]] = {"result": "; ".join(cells), "value": dict(syncs),
+                     "note": how + "target: a constant few (issue 14: <= 4 from gandist's own code)"}
     return rows
 
 
 def compile_row(device: str) -> dict:
     """Tiny DCGAN without SN: eager vs train.compile ms/step on CUDA."""
     if device != "cuda":
-        return {"result": SKIPPED, "note": "CPU: tools/bench/models.py --loop-compile"}
+        return {"result": SKIPPED, "note": "on CPU: tools/bench/models.py --loop-compile (docs/benchmarks.md)"}
     sets = ["model.spectral_norm=false", "train.batch_size=64"]
     out = {}
     for compiled in (False, True):

@@ -277,10 +277,16 @@ class TorchOptimizerState:
 
     compiled: dict[str, Any] = {}
 
-    def _compile_nets(self, enabled: bool) -> None:
+    def _compile_nets(self, train_cfg) -> None:
         """train.compile: forwards go through torch.compile wrappers; module()/state dicts stay the plain nets, so
         checkpoints keep the uncompiled parameter names (no `_orig_mod.` prefix)."""
-        self.compiled = {n: torch.compile(self.modules[n]) for n in NETS} if enabled else {}
+        self.compiled = {}
+        if train_cfg.compile:
+            if train_cfg.compile_backend == "inductor" and self.device.type == "cpu":
+                from gandist.train.device_setup import check_cpp_compiler
+
+                check_cpp_compiler()  # inductor would fail at the first forward, after the run has started
+            self.compiled = {n: torch.compile(self.modules[n], backend=train_cfg.compile_backend) for n in NETS}
 
     def net(self, name: str) -> nn.Module:
         """The module, or its torch.compile wrapper under train.compile (ddp syncs gradients in step(), not in

@@ -43,7 +43,7 @@ class DDPStrategy(NetStateRestore, TorchOptimizerState, DistributedBase, Strateg
         self.lr_scale = {n: 1.0 for n in NETS}
         use_scaler = amp == "fp16" and self.device.type == "cuda"
         self.scalers = {n: torch.amp.GradScaler("cuda") if use_scaler else None for n in NETS}
-        self._compile_nets(self.cfg.train.compile)
+        self._compile_nets(self.cfg.train)
 
     def _sync_gradients(self, name: str) -> None:
         """Average the phase's gradients over ranks: one flat all-reduce per optimizer step."""

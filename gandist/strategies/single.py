@@ -40,7 +40,7 @@ class SingleStrategy(NetStateRestore, TorchOptimizerState, Strategy):
             self.optimizers[name] = build_adam(self.trainable[name], optim[name], self.device)
             self.base_lr[name] = optim[name].lr
             self.scalers[name] = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-        self._compile_nets(self.cfg.train.compile)
+        self._compile_nets(self.cfg.train)
 
     # -- collectives: one process, so each is the identity ----------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

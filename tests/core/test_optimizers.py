@@ -82,6 +82,8 @@ def test_adabelief_is_the_library_one():
     (["optim.g.kind=lion"], "optim.g.kind"),
     (["train.compile=true", "distributed.strategy=zero2"], "train.compile under distributed.strategy=zero2"),
     (["train.compile=true", "model.arch=dcgan", "data.kind=digits"], "train.compile with a spectrally normalized"),
+    (["train.compile=true", "penalties=[{kind: r1, weight: 1.0}]"], "train.compile with penalties r1: .*double "
+                                                                    "backward"),
 ])
 def test_bad_optimizer_config_is_refused(overrides, words):
     with pytest.raises(ConfigError, match=words):

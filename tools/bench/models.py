@@ -4,9 +4,19 @@
     python tools/bench/models.py --res 64 --no-compile
     python tools/bench/models.py --train-step --device cuda --amp bf16   # GPU: img/s of a full training step of
                                                                         # BigGAN-128 and StyleGAN2-256 (published widths)
+    python tools/bench/models.py --loop-compile       # gandist's whole loop step, train.compile on vs off: demo
+                                                      # DCGAN, tiny BigGAN, tiny StyleGAN2 (SN off where compiled)
 
 Each cell is the median of --iters timed iterations after --warmup untimed ones (compilation happens in warm-up).
 Ratios are against the eager, contiguous column of the same row.
+
+--loop-compile times Trainer iterations (train_step, watchdog, outputs; as tools/bench/overhead.py) of two trainers
+per config, train.compile=false and true, built from the same seed. Both are warmed up first (compilation, and every
+lazy-regularization variant of the step), then run in alternating blocks of --loop-block steps so that both see the
+same machine load; cells are the median ms/step over blocks (process CPU time, the machine being shared) and the
+median per-block ratio eager / compiled (> 1: compile is faster). train.compile refuses spectrally normalized nets:
+the DCGAN runs with model.spectral_norm=false in both trainers; BigGAN, SN throughout, prints the refusal; and
+double-backward penalties: StyleGAN2 runs without R1 and path length (penalties=[]) in both.
 """
 from __future__ import annotations
 
@@ -20,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gandist.config import load_config  # noqa: E402
+from gandist.config import ConfigError, load_config  # noqa: E402
 from gandist.data.base import DataInfo  # noqa: E402
 from gandist.models.base import BuildContext, count_params  # noqa: E402
 from gandist.registry import ARCHS, resolve  # noqa: E402
@@ -128,6 +138,80 @@ def train_step_img_per_s(family: str, res: int, args) -> tuple[float, int, int]:
     return n / seconds, count_params(G), count_params(D)
 
 
+# (config, overrides of both trainers): DCGAN's SN off (train.compile refuses SN); BigGAN's SN is part of the
+# architecture, so its compiled trainer is refused at config time and the row says so; StyleGAN2 without its lazy
+# R1 and path length (train.compile refuses double-backward penalties: AOT autograd has no double backward)
+LOOP_CONFIGS = {"dcgan (demo_digits)": ("demo_digits.yaml", ["model.spectral_norm=false"]),
+                "biggan (biggan_tiny_digits)": ("biggan_tiny_digits.yaml", []),
+                "stylegan2 (stylegan2_tiny_digits, no R1/PL)": ("stylegan2_tiny_digits.yaml", ["penalties=[]"])}
+LOOP_RUN = ["watchdog.enabled=true", "telemetry.progress=false", "telemetry.sample_every=0", "eval.every=0",
+            "checkpoint.every=1000000", "train.steps=1000000"]
+
+
+def loop_compile(config: str, sets: list[str], args) -> dict:
+    """Median CPU ms/step of eager and compiled Trainer iterations over alternating blocks, and eager/compiled."""
+    import tempfile
+
+    from overhead import gandist_iteration  # tools/bench/overhead.py: one Trainer.run iteration, no periodic outputs
+
+    from gandist.train.loop import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {}
+        for compiled in (False, True):
+            cfg = load_config(CONFIGS / config, [*LOOP_RUN, *sets, f"train.device={args.device}",
+                                                 f"train.compile={str(compiled).lower()}"])
+            trainers[compiled] = Trainer(cfg, f"{tmp}/{compiled}", force=True)
+        try:
+            lazy = max([p.every for p in trainers[False].penalties] + [1])
+            block = max(args.loop_block, lazy) // lazy * lazy  # every block holds the same lazy steps
+            warm = {}
+            for compiled, tr in trainers.items():
+                t0 = time.perf_counter()  # wall: inductor compiles in worker processes
+                for _ in range(2 * lazy):  # compilation, and each lazy-regularization variant of the step
+                    gandist_iteration(tr)
+                warm[compiled] = time.perf_counter() - t0
+            ms = {False: [], True: []}
+            for _ in range(args.loop_blocks):
+                for compiled, tr in trainers.items():
+                    _sync(args.device)
+                    t0 = time.process_time()
+                    for _ in range(block):
+                        gandist_iteration(tr)
+                    _sync(args.device)
+                    ms[compiled].append((time.process_time() - t0) * 1e3 / block)
+        finally:
+            for tr in trainers.values():
+                tr.close()
+    ratios = [e / c for e, c in zip(ms[False], ms[True])]
+    return {"eager_ms": statistics.median(ms[False]), "compiled_ms": statistics.median(ms[True]),
+            "ratio": statistics.median(ratios), "ratios": ratios, "warmup_s": warm, "block": block,
+            "batch": trainers[False].cfg.train.batch_size}
+
+
+def print_loop_compile(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    print(f"gandist loop step, train.compile off vs on ({args.loop_blocks} alternating blocks; CPU ms per step, "
+          "median over blocks; DCGAN with model.spectral_norm=false)")
+    print(f"{'config':<44} {'batch':>5} {'block':>5} {'eager ms':>9} {'compiled ms':>11} {'eager/compiled':>14} "
+          f"{'warm-up wall s (eager / compiled)':>34}")
+    for name, (config, sets) in LOOP_CONFIGS.items():
+        if args.families_loop and not any(f in name for f in args.families_loop):
+            continue
+        try:
+            r = loop_compile(config, sets, args)
+        except ConfigError as err:  # train.compile refused for this net: the reason is the row
+            print(f"{name:<44} refused: {str(err).split(': ', 1)[-1][:200]}", flush=True)
+            continue
+        except Exception as err:  # noqa: BLE001  (a config that does not compile is a result, not a crash)
+            print(f"{name:<44} FAILED: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}",
+                  flush=True)
+            continue
+        spread = f"{min(r['ratios']):.2f}-{max(r['ratios']):.2f}"
+        print(f"{name:<44} {r['batch']:>5} {r['block']:>5} {r['eager_ms']:>9.1f} {r['compiled_ms']:>11.1f} "
+              f"{r['ratio']:>6.2f} ({spread}) {r['warmup_s'][False]:>18.1f} / {r['warmup_s'][True]:.1f}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--res", type=int, nargs="+", default=[64, 128], help="resolutions (default 64 128)")
@@ -145,9 +229,19 @@ def main(argv=None) -> int:
     p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast dtype of --train-step")
     p.add_argument("--channels-last", action="store_true", help="channels_last in --train-step")
     p.add_argument("--reduced", action="store_true", help="--train-step with the reduced widths (a CPU smoke run)")
+    p.add_argument("--loop-compile", action="store_true",
+                   help="gandist loop step, train.compile off vs on: demo DCGAN, tiny BigGAN, tiny StyleGAN2")
+    p.add_argument("--loop-blocks", type=int, default=4, help="alternating blocks per trainer in --loop-compile")
+    p.add_argument("--loop-block", type=int, default=8, help="steps per block in --loop-compile (rounded to lazy k)")
+    p.add_argument("--loop-only", dest="families_loop", nargs="+", default=[],
+                   help="--loop-compile only these (dcgan, biggan, stylegan2)")
     args = p.parse_args(argv)
     print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}",
           flush=True)
+
+    if args.loop_compile:
+        print_loop_compile(args)
+        return 0
 
     if args.train_step:
         print(f"{'net':<16} {'G params':>12} {'D params':>12} {'img/s':>10}   (amp {args.amp}, compile {args.compile})")

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from closeness import compare_state, matches
+from closekit import compare_state, matches
 from distkit import free_port, spawn
 
 TINY = ["model.arch=mlp", "model.hidden=16", "model.depth=2", "data.kind=toy2d", "train.batch_size=32",

@@ -77,6 +77,7 @@ class Lease:
     # -- the file ---------------------------------------------------------------------------------------------
     def read(self) -> dict | None:
         """The lease record present, or None (no lease, or an unreadable one, which nobody can hold)."""
+        self._fresh(self.path)
         try:
             with self.fs.open(self.path, "rb") as f:
                 record = json.loads(f.read())
@@ -92,12 +93,20 @@ class Lease:
     def last_heartbeat(self, record: dict) -> float:
         """The newer of the record's own heartbeat (its acquisition) and its owner's heartbeat file."""
         t = float(record.get("heartbeat", 0))
+        self._fresh(self.beat_path(str(record.get("owner"))))
         try:
             with self.fs.open(self.beat_path(str(record["owner"])), "rb") as f:
                 t = max(t, float(json.loads(f.read())["heartbeat"]))
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
             pass
         return t
+
+    def _fresh(self, path: str) -> None:
+        """Forget what this filesystem object has cached about `path` and its folder: an object store's
+        listing cache (s3fs) would otherwise answer "no such file" for a lease another process wrote since."""
+        if not self.local:
+            self.fs.invalidate_cache(self.fs._parent(path))
+            self.fs.invalidate_cache(path)
 
     def _put(self, path: str, record: dict) -> None:
         data = json.dumps(record, indent=1).encode()

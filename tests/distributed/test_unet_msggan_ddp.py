@@ -1,8 +1,10 @@
 """The U-Net D (with CutMix on every step) and MSG-GAN under ddp (2 gloo ranks) give single's weights on one global
 batch: G, D and the EMA G compared by tests/closekit.py's rules after two steps, with cross-replica BN.
 
-The BN running statistics of the ResNet G (the U-Net GAN's) are left out: under ddp they differ from single's
-(model-wide 4e-5 to 9e-5, the plain resnet pair too, so not the U-Net's doing): an open finding, see docs/models.md.
+The BN running statistics of the ResNet G (the U-Net GAN's) are left out: every bias on its residual stream is
+cancelled by a later BN (the skip path carries it linearly to the output BN), so its true gradient is 0 and Adam turns
+round-off into lr-sized steps; the weight comparison skips those biases (biases_cancelled_by_batch_norm), and the
+running means of the BNs they feed follow them (measured: model-wide 4e-5 to 9e-5, the plain resnet pair alike).
 MSG-GAN's G (DCGAN-style) is compared with them."""
 from __future__ import annotations
 

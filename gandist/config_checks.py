@@ -148,13 +148,16 @@ def check_unrolled(cfg) -> None:
     keys = f"optim.unrolled_steps={o.unrolled_steps} (optim.unrolled_form={o.unrolled_form})"
     strategy = _strategy(cfg)
     if not strategy.restores_net_state:
-        # zero3 also partitions D's weights, which the exact form's functional forward needs whole and twice
-        # differentiable (supports_double_backward is False there)
-        raise ValueError(f"{keys} under distributed.strategy={cfg.distributed.strategy}: D's fp32 master weights "
-                         "and optimizer moments live in DeepSpeed's partitions, which the look-ahead can neither "
-                         "read as plain tensors (exact) nor snapshot and put back (copy); use ddp or single")
+        # zero3 partitions D's weights: no whole D to snapshot and put back, nor to differentiate twice through
+        raise ValueError(f"{keys} under distributed.strategy={cfg.distributed.strategy}: D's weights are "
+                         "partitioned, so the look-ahead can neither snapshot and put back D (copy) nor differentiate "
+                         "through its updates (exact); use zero2, zero1, ddp or single")
     if o.unrolled_form == "copy":
         return
+    if strategy.keeps_master_weights:
+        raise ValueError(f"{keys} under distributed.strategy={cfg.distributed.strategy}: the exact form writes "
+                         "D's Adam update out as tensors, but D's fp32 master weights and moments live in "
+                         "DeepSpeed's partitions; use optim.unrolled_form=copy, or ddp or single")
     if o.d.kind not in UNROLLED_EXACT_KINDS:
         raise ValueError(f"{keys} writes D's update out differentiably for optim.d.kind in "
                          f"{', '.join(UNROLLED_EXACT_KINDS)}, not {o.d.kind}; use one of those or "

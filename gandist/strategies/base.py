@@ -147,7 +147,7 @@ class Strategy(ABC):
         """Forget both optimizers' moments (progressive growing's reset_optim); see clears_optimizer_state."""
         raise NotImplementedError(f"{type(self).__name__} cannot clear its optimizer state")
 
-    # where restores_net_state: strategies/net_state.py (single, ddp)
+    # where restores_net_state: strategies/net_state.py (single, ddp), strategies/zero_state.py (zero1, zero2)
     def snapshot(self, name: str) -> dict:
         """`name`'s weights, buffers and optimizer state, for restore()."""
         raise NotImplementedError(f"{type(self).__name__} cannot snapshot {name} (restores_net_state)")

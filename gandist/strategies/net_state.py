@@ -1,6 +1,6 @@
 """Snapshot and restore of a whole net (weights, buffers, optimizer and loss-scaler state) for the strategies that
 hold plain modules and torch optimizers (single, ddp): what the unrolled GAN's look-ahead D (train/unrolled.py)
-needs. A strategy offers it when its class says `restores_net_state`; ZeRO's engines do not."""
+needs. A strategy offers it when its class says `restores_net_state` (ZeRO-1/2: zero_state.py; not ZeRO-3)."""
 from __future__ import annotations
 
 import copy

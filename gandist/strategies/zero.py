@@ -123,7 +123,7 @@ class ZeroStrategy(ZeroCheckpointState, DistributedBase, Strategy):
     compiles_nets = False  # ZeRO-3 gathers weights in forward hooks that graph capture does not see; 1/2 untested
     optimizer_kinds = ADAM_MOMENTS  # zero_state.py carries exactly {step, exp_avg, exp_avg_sq} by name
     clears_optimizer_state = False  # the moments live in DeepSpeed's flat partitions
-    restores_net_state = False  # so do the fp32 master weights: nothing the loop can snapshot and put back
+    restores_net_state = True  # ZeRO-1/2: zero_state.snapshot/restore (the unrolled GAN's copy form)
 
     @classmethod
     def variant(cls, name: str) -> type["ZeroStrategy"]:
@@ -292,6 +292,7 @@ class Zero3Strategy(ZeroStrategy):
 
     stage = 3
     partitions_params = True
+    restores_net_state = False  # weights partitioned too: no whole D to snapshot and put back
     supports_double_backward = False
     steps_params_without_grad = False
 

@@ -6,6 +6,8 @@ ZeRO-3 weight write are collectives.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -77,6 +79,33 @@ class ZeroCheckpointState:
 
         with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
             return p.detach().cpu().clone()
+
+    # -- the unrolled GAN's copy form (train/unrolled.py): ZeRO-1/2 only ------------------------------------------
+    def snapshot(self, name: str) -> dict:
+        """Copies of everything a D step changes: the module's weights and buffers (whole on every rank under
+        ZeRO-1/2), this rank's fp32 master partitions, the inner optimizer's moments, the engine's step counters
+        and the loss scaler's state. ZeRO-3 (partitioned weights) keeps restores_net_state False."""
+        engine = self.engines[name]
+        zero = engine.optimizer
+        scaler = getattr(zero, "loss_scaler", None)
+        return {"module": {k: v.detach().clone() for k, v in engine.module.state_dict().items()},
+                "fp32": [t.detach().clone() for t in zero.single_partition_of_fp32_groups],
+                "optim": copy.deepcopy(zero.optimizer.state_dict()),
+                "counters": (engine.global_steps, engine.global_samples, engine.micro_steps),
+                "scaler": copy.deepcopy(vars(scaler)) if scaler is not None else None}
+
+    def restore(self, name: str, snapshot: dict) -> None:
+        """Put back what snapshot() took, bitwise, into the same tensors (the module's weights are views of
+        DeepSpeed's flat low-precision buffers, so an in-place copy updates those too)."""
+        engine = self.engines[name]
+        zero = engine.optimizer
+        engine.module.load_state_dict(snapshot["module"])
+        for flat, saved in zip(zero.single_partition_of_fp32_groups, snapshot["fp32"]):
+            flat.data.copy_(saved)
+        zero.optimizer.load_state_dict(copy.deepcopy(snapshot["optim"]))
+        engine.global_steps, engine.global_samples, engine.micro_steps = snapshot["counters"]
+        if snapshot["scaler"] is not None:
+            vars(zero.loss_scaler).update(copy.deepcopy(snapshot["scaler"]))
 
     def _ensure_adam_state(self, name: str, step: float) -> None:
         """Create (zero) Adam state on the flat partitions so that by-name moments can be written into it."""

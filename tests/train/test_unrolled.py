@@ -180,8 +180,8 @@ def test_resume_with_unrolling_is_bitwise_exact(tmp_path, form):
 
 
 @pytest.mark.parametrize("extra,words", [
-    (["distributed.strategy=zero3"], ["optim.unrolled_steps=2", "zero3", "partitions"]),
-    (["distributed.strategy=zero1", "optim.unrolled_form=copy"], ["optim.unrolled_form=copy", "zero1"]),
+    (["distributed.strategy=zero3"], ["optim.unrolled_steps=2", "zero3", "partitioned"]),
+    (["distributed.strategy=zero1"], ["optim.unrolled_form=exact", "zero1", "optim.unrolled_form=copy"]),
     (["optim.d.kind=rmsprop"], ["optim.d.kind", "rmsprop", "optim.unrolled_form=copy"]),
     (["optim.accumulation=2"], ["optim.accumulation=2", "optim.unrolled_form=exact"]),
     (["train.amp=fp16"], ["train.amp=fp16"]),

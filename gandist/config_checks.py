@@ -154,10 +154,10 @@ def check_unrolled(cfg) -> None:
                          "through its updates (exact); use zero2, zero1, ddp or single")
     if o.unrolled_form == "copy":
         return
-    if strategy.keeps_master_weights:
-        raise ValueError(f"{keys} under distributed.strategy={cfg.distributed.strategy}: the exact form writes "
-                         "D's Adam update out as tensors, but D's fp32 master weights and moments live in "
-                         "DeepSpeed's partitions; use optim.unrolled_form=copy, or ddp or single")
+    if strategy.keeps_master_weights and cfg.train.amp != "off":
+        raise ValueError(f"{keys} under distributed.strategy={cfg.distributed.strategy} with train.amp="
+                         f"{cfg.train.amp}: the exact form updates the module's weights, which DeepSpeed holds in "
+                         "low precision beside its fp32 masters; use train.amp=off or optim.unrolled_form=copy")
     if o.d.kind not in UNROLLED_EXACT_KINDS:
         raise ValueError(f"{keys} writes D's update out differentiably for optim.d.kind in "
                          f"{', '.join(UNROLLED_EXACT_KINDS)}, not {o.d.kind}; use one of those or "

@@ -107,6 +107,23 @@ class ZeroCheckpointState:
         if snapshot["scaler"] is not None:
             vars(zero.loss_scaler).update(copy.deepcopy(snapshot["scaler"]))
 
+    def torch_optimizer(self, name: str) -> torch.optim.Optimizer:
+        """A read-only torch optimizer over `name`'s trainable module parameters with the inner Adam's
+        hyper-parameters and its moments gathered whole by parameter (the unrolled GAN's exact form under ZeRO-1/2;
+        a collective: every rank calls it, in the same order). Costs one all-reduce of D's moments per call."""
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        inner, params = self._inner_optimizer(name), list(self.trainable[name])
+        view = type(inner)(params, lr=inner.param_groups[0]["lr"])
+        view.param_groups[0].update({k: v for k, v in inner.param_groups[0].items() if k != "params"})
+        step = self._adam_step(name)
+        if step is not None:
+            for p in params:
+                view.state[p] = {"step": torch.tensor(step),
+                                 **{k: safe_get_full_optimizer_state(p, k).reshape(p.shape).clone()
+                                    for k in ("exp_avg", "exp_avg_sq")}}
+        return view
+
     def _ensure_adam_state(self, name: str, step: float) -> None:
         """Create (zero) Adam state on the flat partitions so that by-name moments can be written into it."""
         zero_optimizer, inner = self.engines[name].optimizer, self._inner_optimizer(name)

@@ -35,3 +35,16 @@ def test_copy_unrolled_under_zero_matches_single(strategy, tmp_path):
         err = mismatch(tmp_path / strategy, tmp_path / "single", step)
         assert_match(err)
     assert err["moved"] > 1e-4
+
+
+def test_exact_unrolled_under_zero2_matches_single(tmp_path):
+    """The exact form under ZeRO-2: D's Adam moments gathered whole from the partitions (strategy.torch_optimizer)
+    and the look-ahead gradients averaged differentiably, as under ddp."""
+    cfg = TOY + ["--set", "model.spectral_norm=true", "--set", "model.hidden=16", "--set", "optim.unrolled_steps=2",
+                 "--set", "optim.unrolled_form=exact"]
+    train(cfg, tmp_path / "single", steps=3)
+    train(cfg, tmp_path / "zero2", steps=3, strategy="zero2", nproc=2)
+    for step in (1, 3):
+        err = mismatch(tmp_path / "zero2", tmp_path / "single", step)
+        assert_match(err)
+    assert err["moved"] > 1e-4

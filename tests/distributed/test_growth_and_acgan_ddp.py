@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from test_train_equivalence import assert_match, mismatch, train
+from test_train_equivalence import assert_two_ranks_match_single
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +27,7 @@ PROGAN = ["configs/progan_digits.yaml", "--set", "checkpoint.every=1", "--set", 
 
 
 def test_growing_acgan_under_ddp_matches_single(tmp_path):
-    train(PROGAN, tmp_path / "single", steps=4)
-    train(PROGAN, tmp_path / "ddp", steps=4, strategy="ddp", nproc=2)
-    for step in (1, 2, 3, 4):
-        err = mismatch(tmp_path / "ddp", tmp_path / "single", step)
-        assert_match(err, running=True)
-    assert err["moved"] > 1e-4
+    assert_two_ranks_match_single(PROGAN, tmp_path, "ddp", steps=4, compare=(1, 2, 3, 4), running=True)
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["resolution"], r["fade_alpha"]) for r in records] == [(8, 1.0), (8, 1.0), (16, 0.0), (16, 0.5)]
     assert all("D/aux" in r["losses"] and "G/aux" in r["losses"] for r in records)
@@ -41,7 +36,4 @@ def test_growing_acgan_under_ddp_matches_single(tmp_path):
 def test_growing_acgan_under_zero2_matches_single(tmp_path):
     """ZeRO-2 (partitioned gradients and Adam state, whole weights) grows the same nets; no Adam reset there."""
     base = PROGAN + ["--set", "model.progressive.reset_optim=false"]
-    train(base, tmp_path / "single", steps=4)
-    train(base, tmp_path / "zero2", steps=4, strategy="zero2", nproc=2)
-    for step in (1, 4):
-        assert_match(mismatch(tmp_path / "zero2", tmp_path / "single", step), running=True)
+    assert_two_ranks_match_single(base, tmp_path, "zero2", steps=4, compare=(1, 4), running=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_train_equivalence import TOY, assert_match, mismatch, train
+from test_train_equivalence import TOY, assert_two_ranks_match_single
 
 pytestmark = pytest.mark.slow
 
@@ -13,9 +13,4 @@ SR = TOY + ["--set", "model.spectral_norm=true", "--set", "model.hidden=16",
 
 
 def test_spectral_reg_under_ddp_matches_single(tmp_path):
-    train(SR, tmp_path / "single", steps=3)
-    train(SR, tmp_path / "ddp", steps=3, strategy="ddp", nproc=2)
-    for step in (1, 3):
-        err = mismatch(tmp_path / "ddp", tmp_path / "single", step)
-        assert_match(err)
-    assert err["moved"] > 1e-4
+    assert_two_ranks_match_single(SR, tmp_path, "ddp", steps=3, compare=(1, 3))

@@ -115,6 +115,18 @@ def assert_match(err: dict, *, running: bool = False) -> None:
     assert all(err[p] <= 1 and err[f"{p} model"] < MODEL_RTOL for p in parts), err
 
 
+def assert_two_ranks_match_single(base: list[str], tmp_path, strategy: str, steps: int, compare: tuple[int, ...],
+                                  *, running: bool = False) -> None:
+    """Train `base` on one process and on 2 ranks under `strategy` for `steps`; G, D and the EMA G match at each
+    checkpoint step in `compare`, and the weights moved (the comparison is not of two untouched nets)."""
+    train(base, tmp_path / "single", steps=steps)
+    train(base, tmp_path / strategy, steps=steps, strategy=strategy, nproc=2)
+    for step in compare:
+        err = mismatch(tmp_path / strategy, tmp_path / "single", step)
+        assert_match(err, running=running)
+    assert err["moved"] > 1e-4
+
+
 @pytest.fixture(scope="module")
 def single_toy(tmp_path_factory):
     run = tmp_path_factory.mktemp("single_toy")

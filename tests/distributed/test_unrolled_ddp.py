@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_train_equivalence import TOY, assert_match, mismatch, train
+from test_train_equivalence import TOY, assert_two_ranks_match_single
 
 pytestmark = pytest.mark.slow
 
@@ -16,12 +16,7 @@ def test_exact_unrolled_under_ddp_matches_single(tmp_path, form="exact"):
     # on 2026-12-03 to match as well (41 s here, over the 30 s a test may take)
     cfg = TOY + ["--set", "model.spectral_norm=true", "--set", "model.hidden=16", "--set", "optim.unrolled_steps=2",
                  "--set", f"optim.unrolled_form={form}"]
-    train(cfg, tmp_path / "single", steps=2)
-    train(cfg, tmp_path / "ddp", steps=2, strategy="ddp", nproc=2)
-    for step in (1, 2):
-        err = mismatch(tmp_path / "ddp", tmp_path / "single", step)
-        assert_match(err)
-    assert err["moved"] > 1e-4
+    assert_two_ranks_match_single(cfg, tmp_path, "ddp", steps=2, compare=(1, 2))
 
 
 @pytest.mark.parametrize("strategy", ["zero1", "zero2"])
@@ -29,12 +24,7 @@ def test_copy_unrolled_under_zero_matches_single(strategy, tmp_path):
     """The look-ahead D steps are real ZeRO steps on partitioned moments; D is put back bitwise afterwards, so
     both nets equal single's copy form after each step."""
     cfg = TOY + ["--set", "model.hidden=16", "--set", "optim.unrolled_steps=2", "--set", "optim.unrolled_form=copy"]
-    train(cfg, tmp_path / "single", steps=2)
-    train(cfg, tmp_path / strategy, steps=2, strategy=strategy, nproc=2)
-    for step in (1, 2):
-        err = mismatch(tmp_path / strategy, tmp_path / "single", step)
-        assert_match(err)
-    assert err["moved"] > 1e-4
+    assert_two_ranks_match_single(cfg, tmp_path, strategy, steps=2, compare=(1, 2))
 
 
 def test_exact_unrolled_under_zero2_matches_single(tmp_path):
@@ -42,9 +32,4 @@ def test_exact_unrolled_under_zero2_matches_single(tmp_path):
     and the look-ahead gradients averaged differentiably, as under ddp."""
     cfg = TOY + ["--set", "model.spectral_norm=true", "--set", "model.hidden=16", "--set", "optim.unrolled_steps=2",
                  "--set", "optim.unrolled_form=exact"]
-    train(cfg, tmp_path / "single", steps=3)
-    train(cfg, tmp_path / "zero2", steps=3, strategy="zero2", nproc=2)
-    for step in (1, 3):
-        err = mismatch(tmp_path / "zero2", tmp_path / "single", step)
-        assert_match(err)
-    assert err["moved"] > 1e-4
+    assert_two_ranks_match_single(cfg, tmp_path, "zero2", steps=3, compare=(1, 3))

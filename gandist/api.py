@@ -1,7 +1,6 @@
 """Python API for notebooks and tools: `gandist.load_run(run_dir)`."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +38,14 @@ def load_run(run_dir: str, checkpoint: str | int = "latest", device: str = "cpu"
     from gandist.models.base import BuildContext
     from gandist.registry import ARCHS, resolve
 
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(cfg_path):
+    from gandist.train.rundir_remote import checkpoint_root, join, read_run_file
+
+    cfg_path = join(run_dir, "config.yaml")
+    text = read_run_file(run_dir, "config.yaml")  # a folder or a URL run dir
+    if text is None:
         raise UserError(f"{run_dir}: not a gandist run dir (no config.yaml); give the --run-dir of a training run")
-    cfg = config_from_dict(yaml.safe_load(open(cfg_path)) or {}, cfg_path)
-    store = CheckpointStore(cfg.checkpoint.url or os.path.join(run_dir, "checkpoints"), cfg.checkpoint.keep_last)
+    cfg = config_from_dict(yaml.safe_load(text) or {}, cfg_path)
+    store = CheckpointStore(checkpoint_root(cfg, run_dir), cfg.checkpoint.keep_last)
     ckpt = store.load_newest(rank=None, which=str(checkpoint))
     if ckpt is None:
         raise CheckpointError(f"{store.url}: no valid checkpoint yet (train longer than checkpoint.every steps)")

@@ -16,6 +16,7 @@ import yaml
 from torch import nn
 
 from gandist.checkpoint import CheckpointStore
+from gandist.train.rundir_remote import checkpoint_root
 from gandist.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("gandist.train")
@@ -53,7 +54,7 @@ def init_from(cfg, run_dir: str, strategy, G: nn.Module, D: nn.Module, G_ema: nn
     spec = cfg.train.init_from
     if not spec:
         return None
-    own = CheckpointStore(cfg.checkpoint.url or os.path.join(run_dir, "checkpoints"))
+    own = CheckpointStore(checkpoint_root(cfg, run_dir))
     # rank 0 decides for all: a resumed run takes its own checkpoint, which holds everything init_from would give
     if strategy.broadcast_object(bool(own.valid_steps()) if strategy.rank == 0 else None):
         return None

@@ -27,6 +27,7 @@ from gandist.train.finetune import freeze_d, init_from
 from gandist.train.lr import LearningRate
 from gandist.train.phases import build_phases, run_phase
 from gandist.train.rundir import JsonlWriter, claim_run_dir
+from gandist.train.rundir_remote import RemoteRunDir, is_remote
 from gandist.train.signals import Signals, nonfinite_count
 
 log = logging.getLogger("gandist.train")
@@ -37,12 +38,15 @@ class Trainer:
 
     def __init__(self, cfg, run_dir: str, *, force: bool = False, reporter=None, takeover: bool = False,
                  lease_owner: str | None = None):
-        self.cfg, self.run_dir, self.reporter = cfg, run_dir, reporter
+        self.cfg, self.reporter = cfg, reporter
+        # a URL run dir: checkpoints and lease on the URL, the other files staged locally and pushed (rank 0)
+        self.run_url, self.remote = run_dir, RemoteRunDir(run_dir) if is_remote(run_dir) else None
+        self.run_dir = self.remote.staging if self.remote else run_dir  # where this process writes its files
         self.strategy = build_strategy(cfg)
         self.is_main = self.strategy.rank == 0
         self.lease = None
         try:
-            self._build(cfg, run_dir, force, takeover, lease_owner)
+            self._build(cfg, self.run_dir, force, takeover, lease_owner)
         except BaseException:
             if self.lease is not None:  # a failed start leaves the run dir free for the next attempt
                 self.lease.release()
@@ -56,7 +60,8 @@ class Trainer:
         self.source = build_source(cfg.data)
         self.info = self.source.info
         if self.is_main:  # one writer per run dir: its lease, taken before the first file is written
-            self.lease = claim_run_dir(cfg, run_dir, force=force, takeover=takeover, owner=lease_owner)
+            self.lease = claim_run_dir(cfg, self.run_url, force=force, takeover=takeover, owner=lease_owner,
+                                       remote=self.remote)
         s.barrier()
 
         G, D = parts.build_nets(cfg, self.info, s, self.is_main)
@@ -68,7 +73,7 @@ class Trainer:
         self.growth = parts.build_growth(cfg, self.info)
         # the EMA copy is made before setup: ZeRO-3 partitions G's parameters in setup
         self.G_ema = ema_lib.make_ema(G).to(s.device) if cfg.train.ema.enabled else None
-        init_from(cfg, run_dir, s, G, D, self.G_ema)  # fine-tuning: weights only, before any engine copies them
+        init_from(cfg, self.run_url, s, G, D, self.G_ema)  # fine-tuning: weights only, before any engine copies them
         freeze_d(D, cfg.model.freeze_d)  # frozen before setup: every strategy builds its optimizer without them
         s.setup(G, D, optim, cfg.optim.accumulation, cfg.optim.grad_clip, cfg.train.amp)
         self.loader = self.source.loader(s.rank, s.world_size, cfg.train.batch_size, cfg.seed, cfg.optim.accumulation)
@@ -145,6 +150,8 @@ class Trainer:
         self.events_log.write(record)
         for sink in self.sinks:
             sink.event(record)
+        if self.remote is not None and self.is_main:  # events are rare: each carries the logs to the URL
+            self.remote.push()
 
     # -- one G step ------------------------------------------------------------------------------------------
     def train_step(self) -> Signals:
@@ -236,6 +243,11 @@ class Trainer:
             sink.close()
         self.metrics_log.close()
         self.events_log.close()
+        if self.remote is not None and self.is_main and self.lease is not None:
+            try:  # the last lines and samples; under the lease still, so no other writer exists yet
+                self.remote.push()
+            except Exception as err:  # noqa: BLE001 - a crash's own error matters more; these lines are redone
+                log.warning("could not push the run's files to %s: %s", self.run_url, err)
         self.loader.close()
         self.strategy.close(clean)
         if self.lease is not None:  # this process writes nothing more: the next run may start at once

@@ -89,7 +89,7 @@ def summary(tr, start_step: int, wall: float, sig) -> dict:
     done = tr.step - start_step
     return {"steps": tr.step, "wall_seconds": round(wall, 2),
             "img_per_sec": round(done * cfg.train.batch_size * cfg.optim.d_steps / max(wall, 1e-9), 1),
-            "rollbacks": len(tr.rollbacks), "last_losses": dict(sig.losses) if sig else {}, "run_dir": tr.run_dir}
+            "rollbacks": len(tr.rollbacks), "last_losses": dict(sig.losses) if sig else {}, "run_dir": tr.run_url}
 
 
 def stopped_early(tr) -> bool:

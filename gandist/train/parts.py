@@ -7,11 +7,11 @@ checkpointer saves, is decided here once.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
 from gandist.checkpoint import CheckpointStore
+from gandist.train.rundir_remote import checkpoint_root
 from gandist.models.base import BuildContext
 from gandist.registry import ARCHS, resolve
 from gandist.train.state import Checkpointer, GlobalRng, Part, StatefulList
@@ -84,7 +84,7 @@ def build_evaluator(cfg, run_dir: str):
 def build_checkpointer(tr) -> Checkpointer:
     """The checkpointer of trainer `tr`, handed the run's stateful parts (the trainer's own: its loop counters)."""
     cfg, info = tr.cfg, tr.info
-    store = CheckpointStore(cfg.checkpoint.url or os.path.join(tr.run_dir, "checkpoints"), cfg.checkpoint.keep_last,
+    store = CheckpointStore(checkpoint_root(cfg, tr.run_url), cfg.checkpoint.keep_last,
                             keep_best=cfg.checkpoint.keep_best)
     return Checkpointer(
         store, tr.strategy, every=cfg.checkpoint.every, last_step=cfg.train.steps,

@@ -75,5 +75,5 @@ def stop_preempted(tr) -> None:
     if not tr.ckpt.due(tr.step):
         tr.save_checkpoint()
     tr.event({"event": "preempted", "step": tr.step, "signal": "SIGTERM"})
-    raise Preempted(f"preempted (SIGTERM) at step {tr.step}: checkpoint step-{tr.step:08d} saved in {tr.run_dir}; "
+    raise Preempted(f"preempted (SIGTERM) at step {tr.step}: checkpoint step-{tr.step:08d} saved in {tr.run_url}; "
                     "run the same command again to resume from it")

@@ -12,15 +12,26 @@ from gandist.errors import UserError
 from gandist.fileio import atomic_write_text
 
 
-def claim_run_dir(cfg, run_dir: str, *, force: bool, takeover: bool, owner: str | None):
+def claim_run_dir(cfg, run_dir: str, *, force: bool, takeover: bool, owner: str | None, remote=None):
     """Rank 0's start in a run dir: check it, take its lease (one writer per run dir) before the first file is
-    written, so that a refusal changes nothing, then write the resolved config. Returns the lease."""
+    written, so that a refusal changes nothing, then write the resolved config. Returns the lease.
+
+    remote: the RemoteRunDir of a URL run dir (rundir_remote.py); `run_dir` is then its URL, the config is checked
+    there, and the staging folder is refilled from it once the lease is held."""
     from gandist.train.lease import acquire_run_lease
 
-    check_run_dir(cfg, run_dir, force)
+    if remote is None:
+        check_run_dir(cfg, run_dir, force)
+    else:
+        remote.check_writable()
+        check_config_text(cfg, remote.read_text("config.yaml"), f"{remote.url}/config.yaml", run_dir, force)
     lease = acquire_run_lease(cfg, run_dir, takeover=takeover, owner=owner)
     try:
-        write_run_config(cfg, run_dir)
+        if remote is not None:
+            remote.pull()
+        write_run_config(cfg, remote.staging if remote is not None else run_dir)
+        if remote is not None:
+            remote.push()
     except BaseException:  # a failed start leaves the run dir free for the next attempt
         lease.release()
         raise
@@ -34,8 +45,6 @@ def write_run_config(cfg, run_dir: str) -> None:
 
 def check_run_dir(cfg, run_dir: str, force: bool) -> None:
     """Create run_dir (writable) and refuse one whose config differs unless force; writes no file."""
-    from gandist.config import config_from_dict
-
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as err:
@@ -43,17 +52,25 @@ def check_run_dir(cfg, run_dir: str, force: bool) -> None:
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise UserError(f"--run-dir {run_dir}: not writable by this user; give a writable folder") from None
     path = os.path.join(run_dir, "config.yaml")
-    if os.path.exists(path):
-        try:
-            old = config_from_dict(yaml.safe_load(open(path)) or {}, path)
-        except Exception as err:  # noqa: BLE001 - an unreadable old config is reported, never overwritten silently
-            if not force:
-                raise UserError(f"{path}: existing config cannot be read ({err}); pass --force to replace it") from None
-            old = None
-        if old is not None and old.hash() != cfg.hash() and not force:
-            raise UserError(
-                f"{run_dir}: holds a run with a different config ({changed_keys(old, cfg)}); use another --run-dir,"
-                " or --force to continue it with the new config")
+    check_config_text(cfg, open(path).read() if os.path.exists(path) else None, path, run_dir, force)
+
+
+def check_config_text(cfg, text: str | None, path: str, run_dir: str, force: bool) -> None:
+    """Refuse a run dir whose config.yaml (its text, None when absent) differs from `cfg`, unless force."""
+    from gandist.config import config_from_dict
+
+    if text is None:
+        return
+    try:
+        old = config_from_dict(yaml.safe_load(text) or {}, path)
+    except Exception as err:  # noqa: BLE001 - an unreadable old config is reported, never overwritten silently
+        if not force:
+            raise UserError(f"{path}: existing config cannot be read ({err}); pass --force to replace it") from None
+        return
+    if old.hash() != cfg.hash() and not force:
+        raise UserError(
+            f"{run_dir}: holds a run with a different config ({changed_keys(old, cfg)}); use another --run-dir,"
+            " or --force to continue it with the new config")
 
 
 def changed_keys(old, new, limit: int = 4) -> str:

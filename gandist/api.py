@@ -38,7 +38,7 @@ def load_run(run_dir: str, checkpoint: str | int = "latest", device: str = "cpu"
     from gandist.models.base import BuildContext
     from gandist.registry import ARCHS, resolve
 
-    from gandist.train.rundir_remote import checkpoint_root, join, read_run_file
+    from gandist.remote_run_dir import checkpoint_root, join, read_run_file
 
     cfg_path = join(run_dir, "config.yaml")
     text = read_run_file(run_dir, "config.yaml")  # a folder or a URL run dir

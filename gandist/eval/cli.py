@@ -6,7 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+import fsspec
+
 from gandist.errors import UserError
+from gandist.remote_run_dir import is_remote, join
 
 
 def add_cli(subparsers) -> None:
@@ -118,8 +121,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from gandist.api import load_run
     from gandist.eval.periodic import Evaluator
 
-    run_dir = Path(args.run_dir)
-    _check_run_dir(run_dir)
+    remote = is_remote(args.run_dir)  # a URL run dir: load_run reads it there, the result is written back there
+    run_dir = args.run_dir if remote else Path(args.run_dir)
+    if not remote:
+        _check_run_dir(run_dir)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     if metrics:
         from gandist.eval.config import METRICS
@@ -136,16 +141,22 @@ def run_eval(args: argparse.Namespace) -> int:
         truncations = parse_truncations(args.truncation)
     run = load_run(str(run_dir), checkpoint=_checkpoint_arg(args.checkpoint))
     run.config = _with_eval_overrides(run.config, args)
-    evaluator = Evaluator(run.config, str(run_dir), metrics=metrics, num=args.num, features=args.features,
+    evaluator = Evaluator(run.config, None if remote else str(run_dir), metrics=metrics, num=args.num, features=args.features,
                           features_path=args.features_path, reference_stats=args.reference_stats)
     G = run.G if args.no_ema or getattr(run, "G_ema", None) is None else run.G_ema
     if truncations is not None:
         return _write_curve(args, run, evaluator, G, truncations)
     result = {"step": run.step, "checkpoint": str(args.checkpoint), "net": "G" if G is run.G else "G_ema",
               **evaluator.evaluate(G)}
-    out = Path(args.out) if args.out else run_dir / "eval" / f"eval-{run.step:08d}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    text = json.dumps(result, indent=2) + "\n"
+    if remote and not args.out:
+        out = join(args.run_dir, "eval", f"eval-{run.step:08d}.json")
+        with fsspec.open(out, "w") as f:
+            f.write(text)
+    else:
+        out = Path(args.out) if args.out else run_dir / "eval" / f"eval-{run.step:08d}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     print(format_table(result))
     print(f"wrote {out}")
     return 0

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gandist.errors import UserError
 from gandist.fileio import atomic_write_text
+from gandist.remote_run_dir import fetch_run_files, is_remote
 from gandist.report import facts, page, panels, pngs
 from gandist.report.runlog import RunData, load_run
 
@@ -40,13 +42,25 @@ def build_report(run_dir: str, refresh: int | None = None) -> Report:
     return Report(text, overview + rollbacks, run, time.perf_counter() - t0)
 
 
+def default_target(run_dir: str) -> Path:
+    """RUN_DIR/report.html; for a URL run dir, report-NAME.html in the current folder."""
+    if is_remote(run_dir):
+        return Path.cwd() / f"report-{run_dir.rstrip('/').rsplit('/', 1)[-1]}.html"
+    return Path(run_dir) / "report.html"
+
+
 def write_report(run_dir: str, out: str | None = None, png_dir: str | None = None,
                  refresh: int | None = None) -> Report:
     """Build and write RUN_DIR/report.html (or `out`) atomically, and the PNGs when png_dir is given."""
-    target = Path(out) if out else Path(run_dir) / "report.html"
+    target = Path(out) if out else default_target(run_dir)
     if not target.parent.is_dir():
         raise UserError(f"--out {target}: directory {target.parent} does not exist (create it or pick another path)")
-    report = build_report(run_dir, refresh)
+    if is_remote(run_dir):  # a run dir on S3 or another URL: read a fresh local copy of its logs and samples
+        with tempfile.TemporaryDirectory(prefix="gandist-report-") as copy:
+            fetch_run_files(run_dir, copy)
+            report = build_report(copy, refresh)
+    else:
+        report = build_report(run_dir, refresh)
     atomic_write_text(target, report.html)  # a browser reloading mid-write sees the old page or the new one
     if png_dir:
         pngs.write_pngs(report.panels, png_dir)
@@ -63,7 +77,7 @@ def _say(report: Report, target: str, png_dir: str | None) -> None:
 
 def run_report(args) -> int:
     """Handler of `gandist report`."""
-    target = args.out or str(Path(args.run_dir) / "report.html")
+    target = args.out or str(default_target(args.run_dir))
     if args.watch is None:
         _say(write_report(args.run_dir, args.out, args.png), target, args.png)
         return 0

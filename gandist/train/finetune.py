@@ -16,7 +16,7 @@ import yaml
 from torch import nn
 
 from gandist.checkpoint import CheckpointStore
-from gandist.train.rundir_remote import checkpoint_root
+from gandist.remote_run_dir import checkpoint_root
 from gandist.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("gandist.train")

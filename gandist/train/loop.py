@@ -27,7 +27,7 @@ from gandist.train.finetune import freeze_d, init_from
 from gandist.train.lr import LearningRate
 from gandist.train.phases import build_phases, run_phase
 from gandist.train.rundir import JsonlWriter, claim_run_dir
-from gandist.train.rundir_remote import RemoteRunDir, is_remote
+from gandist.remote_run_dir import RemoteRunDir, is_remote
 from gandist.train.signals import Signals, nonfinite_count
 
 log = logging.getLogger("gandist.train")

@@ -11,7 +11,7 @@ import logging
 import torch
 
 from gandist.checkpoint import CheckpointStore
-from gandist.train.rundir_remote import checkpoint_root
+from gandist.remote_run_dir import checkpoint_root
 from gandist.models.base import BuildContext
 from gandist.registry import ARCHS, resolve
 from gandist.train.state import Checkpointer, GlobalRng, Part, StatefulList

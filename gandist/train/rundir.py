@@ -16,7 +16,7 @@ def claim_run_dir(cfg, run_dir: str, *, force: bool, takeover: bool, owner: str 
     """Rank 0's start in a run dir: check it, take its lease (one writer per run dir) before the first file is
     written, so that a refusal changes nothing, then write the resolved config. Returns the lease.
 
-    remote: the RemoteRunDir of a URL run dir (rundir_remote.py); `run_dir` is then its URL, the config is checked
+    remote: the RemoteRunDir of a URL run dir (remote_run_dir.py); `run_dir` is then its URL, the config is checked
     there, and the staging folder is refilled from it once the lease is held."""
     from gandist.train.lease import acquire_run_lease
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from gandist.api import load_run
+from gandist.cli import main
 from gandist.config import load_config
 from gandist.errors import UserError
 from gandist.train.loop import run_training
-from gandist.train.rundir_remote import STAGING_ENV, RemoteRunDir, is_remote, join, staging_dir
+from gandist.remote_run_dir import STAGING_ENV, RemoteRunDir, is_remote, join, staging_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests", "data"))  # the data tests' helpers, which their conftest imports
@@ -79,6 +80,14 @@ def test_run_dir_on_s3_resumes_from_another_node_and_matches_a_local_run(moto_en
     for net in ("G", "D", "G_ema"):  # one process, one CPU, the same sums: bitwise equal
         sa, sb = getattr(a, net).state_dict(), getattr(b, net).state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sb), net
+
+    # the report reads a fresh copy of the URL's logs; eval writes its result back beside them
+    assert main(["report", url]) == 0
+    page = (tmp_path / "report-ring.html").read_text()
+    assert "toy-ring8-tiny" in page and "7 in metrics.jsonl" in page
+    assert main(["eval", url, "--metrics", "modes", "--num", "256"]) == 0
+    result = json.loads(fs.cat(f"{root}/eval/eval-00000007.json"))
+    assert result["step"] == 7 and 0 <= result["modes"] <= 8 and result["reverse_kl"] >= 0, result
 
 
 @pytest.mark.slow  # a moto server

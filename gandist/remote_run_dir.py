@@ -54,6 +54,25 @@ def read_run_file(run_dir: str, name: str) -> str | None:
         return None
 
 
+def fetch_run_files(url: str, dest: str) -> int:
+    """Copy a URL run dir's files (not its checkpoints, lease or Ray's pointers) into `dest`, for a report or an
+    eval that reads a folder; returns how many were copied."""
+    fs, root = fsspec.core.url_to_fs(url.rstrip("/"))
+    if not fs.exists(f"{root}/config.yaml"):
+        raise UserError(f"{url}: not a gandist run dir (no config.yaml); give the --run-dir of a training run")
+    copied = 0
+    for path in fs.find(root):
+        rel = path[len(root):].lstrip("/")
+        top = rel.split("/", 1)[0]
+        if top == "checkpoints" or top.startswith(("ray-step-", "lease")) or ".tmp-" in rel:
+            continue
+        local = os.path.join(dest, *rel.split("/"))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        fs.get_file(path, local)
+        copied += 1
+    return copied
+
+
 def staging_dir(url: str) -> str:
     """This node's staging folder for a URL run dir: one per URL, so a node that was rank 0 before reuses it."""
     base = os.environ.get(STAGING_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "gandist", "runs")

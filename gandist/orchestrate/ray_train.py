@@ -159,6 +159,21 @@ def ray_lease_owner(experiment_dir: str) -> str:
     return f"ray:{experiment_dir.rstrip('/')}"
 
 
+def ray_storage(storage_path: str):
+    """(storage_filesystem, storage_path) for Ray's RunConfig: a URL run dir's parent goes through gandist's own
+    fsspec filesystem (the same credentials, endpoint and caching rules as its checkpoints), wrapped for pyarrow;
+    a local parent is Ray's default."""
+    from gandist.remote_run_dir import is_remote
+
+    if not is_remote(storage_path):
+        return None, storage_path
+    import fsspec
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, root = fsspec.core.url_to_fs(storage_path)
+    return PyFileSystem(FSSpecHandler(fs)), root
+
+
 def wait_for_placement(workers: int, resources: dict, timeout_s: float) -> None:
     """Reserve the worker group's resources once; if Ray keeps it pending past the timeout, say why and stop."""
     import ray
@@ -204,6 +219,7 @@ def train_with_ray(cfg: ExperimentConfig, run_dir: str, *, address: str | None, 
     resources = {"CPU": 1.0, **({"GPU": float(gpus_per_worker)} if use_gpu else {})}
     storage_path, name = split_run_dir(run_dir)
     experiment_dir = f"{storage_path}/{name}"
+    storage_filesystem, ray_storage_path = ray_storage(storage_path)
     env_vars = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}  # DeepSpeed picks CUDA otherwise
     if not ray.is_initialized():
         ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None)
@@ -219,7 +235,7 @@ def train_with_ray(cfg: ExperimentConfig, run_dir: str, *, address: str | None, 
         scaling_config=ScalingConfig(num_workers=low if low == high else (low, high), use_gpu=use_gpu,
                                      resources_per_worker=resources, **elastic),
         run_config=RunConfig(
-            name=name, storage_path=storage_path,
+            name=name, storage_path=ray_storage_path, storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.distributed.max_failures),
             # gandist prunes its own checkpoints (checkpoint.keep_last); Ray must not delete them behind its back
             checkpoint_config=CheckpointConfig(num_to_keep=None),

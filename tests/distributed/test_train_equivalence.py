@@ -4,7 +4,8 @@ Per-rank batch b on 2 ranks against batch 2b on one process, from the same seed:
 tests/closekit.py's rules (model-wide 1e-5 relative, every element within 2e-5 + 1e-4 |b|) after every leg.
 One run dir is carried through ddp -> zero2 -> zero2 -> ddp legs, which covers the
 checkpoint paths: ddp resumes under zero2, zero2 (2 ranks) resumes on 2 ranks, zero2's checkpoint loads on one
-process for `gandist generate`, and zero2 resumes under ddp.
+process for `gandist generate`, and zero2 resumes under ddp. ZeRO-1 and ZeRO-3 resume at other world sizes
+(2 -> 1, 1 -> 2), as an elastic resize makes them.
 """
 from __future__ import annotations
 
@@ -148,6 +149,20 @@ def test_ddp_and_zero2_match_single_across_checkpoint_legs(single_toy, tmp_path)
             assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = gandist.load_run(str(run), checkpoint=4).manifest
     assert (manifest["strategy"], manifest["world_size"]) == ("zero2", 2)
+
+
+def test_zero1_and_zero3_reshard_to_another_world_size_and_match_single(single_toy, tmp_path):
+    """What an elastic resize does to ZeRO-1 and ZeRO-3 (tests/orchestrate covers ddp and zero2 on a Ray cluster):
+    each leg resumes the previous one's checkpoint at another world size, its partitions rebuilt from the by-name
+    state: zero1 2 ranks -> 1, then zero3 on 2 ranks from that 1-rank checkpoint, then zero3 2 -> 1."""
+    run = tmp_path / "resized"
+    for strategy, nproc, steps in [("zero1", 2, 2), ("zero1", 1, 3), ("zero3", 2, 4), ("zero3", 1, 5)]:
+        train(TOY, run, steps, strategy, nproc=nproc)
+        manifest = gandist.load_run(str(run), checkpoint=steps).manifest
+        assert (manifest["strategy"], manifest["world_size"]) == (strategy, nproc)
+        err = mismatch(run, single_toy, steps)
+        assert_match(err)
+    assert err["moved"] > 1e-4
 
 
 def test_zero1_matches_single_after_one_step(single_toy, tmp_path):

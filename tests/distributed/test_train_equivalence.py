@@ -52,7 +52,7 @@ def _ok(result) -> None:
 def train(base: list[str], run_dir, steps: int, strategy: str = "single", nproc: int = 1) -> None:
     argv = ["train", *base, "--set", f"train.steps={steps}", "--set", f"distributed.strategy={strategy}",
             "--run-dir", str(run_dir)]
-    _ok(torchrun(nproc, argv) if nproc > 1 else run_gandist(argv))
+    _ok(torchrun(nproc, argv) if nproc > 1 or strategy != "single" else run_gandist(argv))
 
 
 def biases_cancelled_by_batch_norm(G: torch.nn.Module) -> set[str]:

@@ -149,3 +149,18 @@ def test_state_of_each_rank_holds_every_ranks_positions_under_a_process_group(in
     resumed.load_state_dict(saved[0]["state"])
     after = [k for x, _ in take(resumed, 11) for k in indices_of(x)]  # 2 x (150 - 40) = 220 samples left
     assert Counter(saved[0]["keys"] + saved[1]["keys"] + after) == Counter(EPOCH)
+
+
+def test_state_without_every_ranks_positions_starts_the_next_chunk_with_a_warning(indexed_shards, caplog):
+    # a checkpoint written before positions were gathered (or a resampled run): one rank's positions cannot say
+    # what the others left, so the streams start a fresh chunk and the log says so
+    source = make_source(indexed_shards)
+    it = source.loader(0, 2, 20, seed=3)
+    take(it, 2)
+    state = it.state_dict()
+    assert "global_positions" not in state  # 2 ranks in one process: no group to gather over
+    resumed = source.loader(0, 1, 20, seed=3)
+    with caplog.at_level("WARNING", logger="gandist.data"):
+        resumed.load_state_dict(state)
+    assert resumed.positions == [{"chunk": 1, "emitted": 0, "skipped": 0, "seen": 0}]
+    assert any("streams restart at chunk 1" in r.getMessage() for r in caplog.records)

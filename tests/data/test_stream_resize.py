@@ -3,13 +3,14 @@ sample key of the interrupted epochs is seen exactly once across before + after,
 or another resize in the middle of that remainder continues it exactly."""
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
 
 import pytest
 import torch
 
 from gandist.data.stream_resize import with_every_rank
-from distkit import spawn
+from distkit import free_port
 from shardkit import indices_of
 from test_stream import make_source, take
 
@@ -127,21 +128,37 @@ def test_resume_and_resize_in_the_middle_of_the_remainder_continue_it(indexed_sh
     assert Counter(before + middle + remainder) == Counter(EPOCH)
 
 
-def _save_state_on_two_ranks(rank, world, root, out):
+def _save_state_on_two_ranks(rank, world, port, root, out):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     it = make_source(root).loader(rank, world, 20, seed=3)
     keys_before = [k for x, _ in take(it, 4) for k in indices_of(x)]
     torch.save({"state": it.state_dict(), "keys": keys_before}, f"{out}/{rank}.pt")  # state_dict: a collective
     dist.destroy_process_group()
 
 
+def fork_ranks(fn, world: int, *args) -> None:
+    """fn(rank, world, port, *args) in `world` forked processes (no re-import: a second, not spawn's ten)."""
+    context = multiprocessing.get_context("fork")
+    port = free_port()
+    procs = [context.Process(target=fn, args=(rank, world, port, *args)) for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    for proc in procs:
+        if proc.is_alive():  # hung: stop it rather than leave it running
+            proc.terminate()
+            proc.join()
+    assert [proc.exitcode for proc in procs] == [0] * world
+
+
 @pytest.mark.slow
 def test_state_of_each_rank_holds_every_ranks_positions_under_a_process_group(indexed_shards, tmp_path):
     # 2 gloo processes save their loader states as a checkpoint does; rank 0's copy alone (the checkpoint's data0,
     # which every rank loads at another world size) is enough for one rank to finish epoch 0 with no gap.
-    spawn(_save_state_on_two_ranks, 2, str(indexed_shards), str(tmp_path))
+    fork_ranks(_save_state_on_two_ranks, 2, str(indexed_shards), str(tmp_path))
     saved = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
     every = saved[0]["state"]["positions"] + saved[1]["state"]["positions"]
     assert saved[0]["state"]["global_positions"] == saved[1]["state"]["global_positions"] == every
@@ -164,3 +181,14 @@ def test_state_without_every_ranks_positions_starts_the_next_chunk_with_a_warnin
         resumed.load_state_dict(state)
     assert resumed.positions == [{"chunk": 1, "emitted": 0, "skipped": 0, "seen": 0}]
     assert any("streams restart at chunk 1" in r.getMessage() for r in caplog.records)
+
+
+def test_resize_when_there_are_fewer_shards_than_streams(indexed_shards):
+    # 2 shards (60 samples) for 3 ranks: every stream reads both and keeps every 3rd sample (20 each); after 10 each,
+    # one rank finishes the three remainders (30 samples) and then reads epoch 1 whole.
+    source = make_source(indexed_shards, urls=f"{indexed_shards}/train-{{000000..000001}}.tar")
+    before, states, _ = run_ranks(source, 3, 15, 2)
+    resumed = source.loader(0, 1, 15, seed=3)
+    resumed.load_state_dict(with_every_rank(states))
+    after = [k for x, _ in take(resumed, 6) for k in indices_of(x)]
+    assert Counter(before + after[:30]) == Counter(range(60)) == Counter(after[30:])

@@ -9,6 +9,9 @@ order, so that a position can be saved and restored exactly:
 - Within a chunk, samples pass a shuffle buffer seeded by (seed, rank, stream, chunk) that is flushed at the chunk's
   end. A stream's position is (chunk, samples emitted in it), so a resume reads at most one chunk's raw bytes again
   (without decoding) to stand exactly where it stopped.
+- Resumed with another layout (ranks x workers), the streams first finish the chunks the old streams left, read as
+  those streams read them, then go on at the next chunk (stream_resize.py): the position's "remainder" lists those
+  tasks, "emitted" then counts in the first of them.
 - Workers batch their own samples; the DataLoader takes batches round-robin from the workers, so batch k comes
   from stream (k0 + k) % W and the iterator knows each stream's position after every batch it hands out.
 
@@ -26,6 +29,7 @@ import torch
 from gandist.data.base import BatchIterator, DataInfo, DataSource, micro_batch_size
 from gandist.data.shard_reader import Decoder, ShardReader, expand_urls
 from gandist.data.shards import read_manifest
+from gandist.data.stream_resize import gather_positions, resized_positions, task_of
 from gandist.errors import DataStreamError, UserError
 
 log = logging.getLogger("gandist.data")
@@ -42,10 +46,10 @@ class StreamDataset(torch.utils.data.IterableDataset):
         self.rank, self.world_size, self.streams, self.batch, self.seed = rank, world_size, streams, batch, seed
         self.starts, self.rotation = starts, rotation  # per-stream {"chunk", "emitted", "skipped", "seen"}
 
-    def chunk_shards(self, stream: int, chunk: int) -> tuple[list[str], int, int]:
-        """(shards, sample modulus, sample offset) of a chunk: shards split by stream, or samples when too few."""
-        total = self.world_size * self.streams
-        global_stream = self.rank * self.streams + stream
+    def chunk_shards(self, stream: int, piece: dict) -> tuple[list[str], int, int]:
+        """(shards, sample modulus, sample offset) of a piece (stream_resize.py): shards split by stream, or samples
+        when too few. A piece is this stream's chunk or a task left by a stream of another layout."""
+        total, chunk, global_stream = piece["total"], piece["chunk"], piece["stream"]
         if self.cfg.resampled:
             rng = random.Random(f"{self.seed}/resampled/{self.rank}/{stream}/{chunk}")
             return [rng.choice(self.urls) for _ in range(max(1, len(self.urls) // total))], 1, 0
@@ -57,25 +61,35 @@ class StreamDataset(torch.utils.data.IterableDataset):
         return order, total, global_stream  # every stream reads all shards and keeps every total-th sample
 
     def stream_samples(self, stream: int) -> Iterator[dict]:
-        """Endless batches of one stream, each tagged with the stream's position after it."""
+        """Endless batches of one stream, each tagged with the stream's position after it: first the tasks left by
+        another layout (position["remainder"]), then chunk after chunk."""
         start = self.starts[stream]
         reader = ShardReader(self.cfg.storage_options, self.cfg.retries, self.cfg.retry_backoff, self.expected)
         reader.skipped, reader.seen = start["skipped"], start["seen"]
         decode = Decoder(self.cfg)
-        chunk, skip = start["chunk"], start["emitted"]
+        tasks = [dict(t) for t in start.get("remainder", [])]
+        chunk, done = start["chunk"], start["emitted"]  # done: samples of the first piece emitted before
         xs, ys, decode_skipped, empty_chunks = [], [], 0, 0
         while True:
-            shards, modulus, offset = self.chunk_shards(stream, chunk)
-            rng = random.Random(f"{self.seed}/shuffle/{self.rank}/{stream}/{chunk}")
-            emitted = 0
-            for sample, first in self._shuffled(reader, shards, modulus, offset, rng):
-                emitted += 1
+            piece = tasks[0] if tasks else task_of(self.rank * self.streams + stream, self.world_size * self.streams,
+                                                   self.streams, chunk)
+            shards, modulus, offset = self.chunk_shards(stream, piece)
+            rank, old_stream = divmod(piece["stream"], piece["workers"])
+            rng = random.Random(f"{self.seed}/shuffle/{rank}/{old_stream}/{piece['chunk']}")
+            counted = (reader.skipped + decode_skipped, reader.seen)  # the counts as of this piece's position
+            first, step = piece["start"] + done * piece["step"], piece["step"]
+            index, emitted = -1, done
+            for sample, head in self._shuffled(reader, shards, modulus, offset, rng):
+                index += 1
                 flip = self.cfg.hflip and rng.random() < 0.5
-                if emitted <= skip:  # replaying to the saved position: no decoding
-                    if emitted == skip:  # the reader now stands where it stood when the position was saved
-                        reader.skipped, reader.seen, decode_skipped = start["skipped"], start["seen"], 0
+                if index < first:  # replaying to the position: no decoding
+                    if index == first - 1:  # the reader now stands where it stood when the position was saved
+                        (reader.skipped, reader.seen), decode_skipped = counted, 0
                     continue
-                item = decode(sample, first)
+                if (index - piece["start"]) % step:  # another stream's share of a task
+                    continue
+                emitted += 1
+                item = decode(sample, head)
                 if item is None:
                     decode_skipped += 1
                     continue
@@ -84,13 +98,21 @@ class StreamDataset(torch.utils.data.IterableDataset):
                 if len(xs) == self.batch:
                     state = {"chunk": chunk, "emitted": emitted, "skipped": reader.skipped + decode_skipped,
                              "seen": reader.seen}
+                    if tasks:
+                        state["remainder"] = [dict(t) for t in tasks]
                     yield {"x": torch.stack(xs), "y": torch.tensor(ys), "stream": stream, "state": state}
                     xs, ys = [], []
-            empty_chunks = empty_chunks + 1 if emitted == 0 else 0
-            if empty_chunks >= 3:  # nothing readable: no batch would ever reach the skip-budget check
-                raise DataStreamError(f"{self.cfg.urls}: three chunks in a row gave no samples (every shard read "
-                                      "was missing or corrupt); check the shards and data.storage_options")
-            chunk, skip = chunk + 1, 0
+            if index < first - 1:  # the piece held nothing more: its samples were counted where it was left
+                (reader.skipped, reader.seen), decode_skipped = counted, 0
+            if tasks:
+                tasks.pop(0)
+            else:
+                empty_chunks = empty_chunks + 1 if index < 0 else 0
+                if empty_chunks >= 3:  # nothing readable: no batch would ever reach the skip-budget check
+                    raise DataStreamError(f"{self.cfg.urls}: three chunks in a row gave no samples (every shard "
+                                          "read was missing or corrupt); check the shards and data.storage_options")
+                chunk += 1
+            done = 0
 
     def _shuffled(self, reader, shards, modulus, offset, rng) -> Iterator[tuple[dict, bool]]:
         """(raw sample, first of its shard) through a shuffle buffer that is flushed at the end."""
@@ -184,8 +206,14 @@ class StreamBatches(BatchIterator):
                 f"than data.max_skip_fraction={budget}; repair the shards named in the warnings above or raise it")
 
     def state_dict(self) -> dict:
-        return {"rank": self.rank, "world_size": self.world_size, "streams": self.streams, "batches": self.batches,
-                "positions": [dict(p) for p in self.positions], "resampled": self.source.cfg.resampled}
+        """This rank's position; with more than one rank a collective (every rank's positions are gathered in,
+        so that a resume at another layout can finish every old stream: stream_resize.py)."""
+        state = {"rank": self.rank, "world_size": self.world_size, "streams": self.streams, "batches": self.batches,
+                 "positions": [dict(p) for p in self.positions], "resampled": self.source.cfg.resampled}
+        every = gather_positions(self.positions, self.world_size)
+        if every is not None:
+            state["global_positions"] = every
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.close()
@@ -195,10 +223,20 @@ class StreamBatches(BatchIterator):
         if same:
             self.positions, self.batches = positions, int(state["batches"])
             return
-        # Another layout cannot continue each stream; start a fresh chunk rather than replay the first one.
+        layout = f"{self.world_size} rank(s) x {self.streams} worker(s) instead of {state.get('world_size')} x " \
+                 f"{state.get('streams')}"
+        every = state.get("global_positions")
+        if not self.source.cfg.resampled and every and len(every) == state["world_size"] * state["streams"]:
+            self.positions = resized_positions(every, state["streams"], self.world_size, self.streams, self.rank)
+            self.batches = 0
+            if self.rank == 0:
+                log.info("data: resuming with %s: the streams first finish the old streams' chunks (re-read raw up "
+                         "to where each stopped), then go on at chunk %d", layout, self.positions[0]["chunk"])
+            return
+        # Resampled chunks are independent draws, and a state without every rank's positions (written before they
+        # were gathered) cannot say what is left: start a fresh chunk rather than replay the first one.
         chunk = 1 + max((p["chunk"] for p in positions), default=-1)
-        log.warning("data: resuming with %d rank(s) x %d worker(s) instead of %s x %s: streams restart at chunk %d",
-                    self.world_size, self.streams, state.get("world_size"), state.get("streams"), chunk)
+        log.warning("data: resuming with %s: streams restart at chunk %d", layout, chunk)
         self.positions = [{"chunk": chunk, "emitted": 0, "skipped": 0, "seen": 0} for _ in range(self.streams)]
         self.batches = 0
 

@@ -1,5 +1,5 @@
 """Data after an elastic resize: every sample key is seen once per epoch across ranks, before and after the world size
-changes (2 ranks, then 1 rank resumed from the checkpointed position), with no overlap and no gap."""
+changes (2 ranks, then 1 rank resumed from the checkpointed positions), with no overlap and no gap."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,6 +8,7 @@ import torch
 
 from gandist.data.sources import _PermutedImages
 from gandist.data.base import DataInfo
+from gandist.data.stream_resize import with_every_rank
 from test_stream import make_source, take
 from shardkit import indices_of
 
@@ -50,10 +51,10 @@ def test_in_memory_source_sees_every_key_once_per_epoch_across_a_resize_from_2_r
     assert by_step == [sorted(single[i:i + batch]) for i in range(0, len(single), batch)]
 
 
-def test_shard_stream_after_a_resize_reads_the_next_epoch_once_across_the_new_ranks(indexed_shards):
-    # 300 samples in 10 shards. 2 ranks read part of epoch 0, a resize to 1 rank resumes from rank 0's position:
-    # streams cannot carry another layout's shuffle buffers, so the new group starts epoch 1 (the rest of epoch 0 is
-    # skipped, counted in the log line) and reads it with no overlap and no gap.
+def test_shard_stream_after_a_resize_finishes_the_epoch_then_reads_the_next_once(indexed_shards):
+    # 300 samples in 10 shards. 2 ranks (1 stream each, 150 samples) read 40 samples each of epoch 0; a resize to
+    # 1 rank resumes from every rank's position: its one stream first finishes both old streams' epoch 0 (220
+    # samples), then reads epoch 1, each with no overlap and no gap (more cases: test_stream_resize.py).
     source = make_source(indexed_shards, workers=0)
     before = []
     states = []
@@ -64,8 +65,8 @@ def test_shard_stream_after_a_resize_reads_the_next_epoch_once_across_the_new_ra
         it.close()
     assert not set(before[0]) & set(before[1]) and len(set(before[0] + before[1])) == 80  # no overlap before
     resumed = source.loader(0, 1, 20, seed=3)
-    resumed.load_state_dict(states[0])
-    assert [p["chunk"] for p in resumed.state_dict()["positions"]] == [1]
-    after = [i for x, _ in take(resumed, 15) for i in indices_of(x)]  # 15 batches of 20 = epoch 1 exactly
+    resumed.load_state_dict(with_every_rank(states))  # what the checkpoint holds: every rank's positions
+    after = [i for x, _ in take(resumed, 26) for i in indices_of(x)]  # 26 batches of 20 = 220 + 300
     resumed.close()
-    assert Counter(after) == Counter(range(300))
+    assert Counter(before[0] + before[1] + after[:220]) == Counter(range(300))  # epoch 0, split over the resize
+    assert Counter(after[220:]) == Counter(range(300))  # epoch 1

@@ -92,7 +92,7 @@ def test_skipped_samples_reach_the_metrics(moto_endpoint, s3_bucket, tmp_path, c
     assert_no_credentials(run, err)
 
 
-def test_two_ddp_ranks_train_from_s3_and_checkpoint_their_own_positions(moto_endpoint, s3_bucket, tmp_path):
+def test_two_ddp_ranks_checkpoint_every_position_and_one_process_resumes_their_epoch(moto_endpoint, s3_bucket, tmp_path):
     import os
     import socket
     import subprocess
@@ -123,4 +123,15 @@ def test_two_ddp_ranks_train_from_s3_and_checkpoint_their_own_positions(moto_end
     # batch 16 over 2 ranks: each rank took 8 samples per step from its own stream (disjoint shard sets: see
     # test_epoch_visits_every_sample_once_across_ranks_and_workers)
     assert all(s["positions"][0]["chunk"] == 0 and s["positions"][0]["emitted"] == 16 for s in states)
+    # the checkpoint's data0 (what every rank loads at another world size) holds both ranks' positions
+    shared = torch.load(run / "checkpoints" / "step-00000002" / "shared.pt", weights_only=False)
+    assert shared["data0"]["global_positions"] == states[0]["positions"] + states[1]["positions"]
+    # resumed on one process, its one stream first finishes both old streams' epoch 0 (stream_resize.py)
+    config = write_config(tmp_path / "ddp.yaml", f"{url}/train-{{000000..000011}}.tar", moto_endpoint, steps=4,
+                          resampled=False)
+    assert main(["train", str(config), "--run-dir", str(run)]) == 0
+    single = torch.load(run / "checkpoints" / "step-00000004" / "rank-00000.pt", weights_only=False)["data"]
+    (position,) = single["positions"]
+    assert [(t["stream"], t["start"]) for t in position["remainder"]] == [(0, 16), (1, 16)]
+    assert position["emitted"] == 32  # 2 steps of 16 samples, all from old stream 0's rest of epoch 0
     assert_no_credentials(run, proc.stdout, proc.stderr)

@@ -45,6 +45,12 @@ class BatchIterator(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict) -> None: ...
 
+    @staticmethod
+    def merge_rank_states(states: list[dict]) -> dict:
+        """The one state a resume at another world size loads, from every rank's state_dict() of one checkpoint
+        (gathered by the checkpointer): rank 0's, for sources whose position is the same on every rank."""
+        return states[0]
+
     def close(self) -> None:
         """Stop worker processes."""
 

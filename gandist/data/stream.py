@@ -29,7 +29,7 @@ import torch
 from gandist.data.base import BatchIterator, DataInfo, DataSource, micro_batch_size
 from gandist.data.shard_reader import Decoder, ShardReader, expand_urls
 from gandist.data.shards import read_manifest
-from gandist.data.stream_resize import gather_positions, resized_positions, task_of
+from gandist.data.stream_resize import resized_positions, task_of, with_every_rank
 from gandist.errors import DataStreamError, UserError
 
 log = logging.getLogger("gandist.data")
@@ -206,14 +206,11 @@ class StreamBatches(BatchIterator):
                 f"than data.max_skip_fraction={budget}; repair the shards named in the warnings above or raise it")
 
     def state_dict(self) -> dict:
-        """This rank's position; with more than one rank a collective (every rank's positions are gathered in,
-        so that a resume at another layout can finish every old stream: stream_resize.py)."""
-        state = {"rank": self.rank, "world_size": self.world_size, "streams": self.streams, "batches": self.batches,
-                 "positions": [dict(p) for p in self.positions], "resampled": self.source.cfg.resampled}
-        every = gather_positions(self.positions, self.world_size)
-        if every is not None:
-            state["global_positions"] = every
-        return state
+        return {"rank": self.rank, "world_size": self.world_size, "streams": self.streams, "batches": self.batches,
+                "positions": [dict(p) for p in self.positions], "resampled": self.source.cfg.resampled}
+
+    # a resume at another layout finishes every old stream, so it needs every rank's positions (stream_resize.py)
+    merge_rank_states = staticmethod(with_every_rank)
 
     def load_state_dict(self, state: dict) -> None:
         self.close()

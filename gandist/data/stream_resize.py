@@ -29,24 +29,10 @@ def task_of(g: int, total: int, workers: int, chunk: int, start: int = 0, step: 
 
 
 def with_every_rank(states: list[dict]) -> dict:
-    """Rank 0's loader state plus every rank's stream positions in global-stream order (what a resize needs)."""
+    """Rank 0's loader state plus every rank's stream positions in global-stream order (what a resize needs); the
+    checkpointer hands it every rank's state (StreamBatches.merge_rank_states)."""
     ordered = sorted(states, key=lambda s: s["rank"])
     return {**ordered[0], "global_positions": [dict(p) for s in ordered for p in s["positions"]]}
-
-
-def gather_positions(positions: list[dict], world_size: int) -> list[dict] | None:
-    """Every rank's stream positions in global-stream order, gathered over the default process group (None when no
-    group of this world size is up: a single-process test of several ranks). A collective: every rank calls it,
-    as every rank saves a checkpoint together."""
-    if world_size == 1:
-        return [dict(p) for p in positions]
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != world_size:
-        return None
-    gathered: list = [None] * world_size
-    dist.all_gather_object(gathered, positions)
-    return [dict(p) for rank_positions in gathered for p in rank_positions]
 
 
 def left_over(old: list[dict], workers: int) -> tuple[list[list[dict]], int]:

@@ -103,6 +103,10 @@ class Checkpointer:
         strategy_shared, strategy_rank = s.state_dict()  # every rank takes part (ZeRO gathers)
         healthy = bool(self.healthy(step))
         rank_state = {"strategy": strategy_rank, **{k: part.state_dict() for k, part in self.per_rank.items()}}
+        # every rank's copy of the parts a resume at another world size loads from shared.pt (the data position:
+        # a shard stream needs every rank's to finish the interrupted epoch), merged by the part's own rule
+        fallbacks = {key: rank_state[key] for key in self.fallback}
+        every_rank = s.all_gather_object(fallbacks) if fallbacks and s.world_size > 1 else [fallbacks]
         name = f"rank-{s.rank:05d}.pt"
         files = {name: self.store.write_rank_file(step, name, rank_state)}
         if s.rank == 0:
@@ -110,7 +114,9 @@ class Checkpointer:
             for key, part in self.shared.items():
                 shared[key] = part.obj.state_dict() if part.obj is not None else None
             for key, shared_key in self.fallback.items():
-                shared[shared_key] = rank_state[key]
+                merge = getattr(self.per_rank[key], "merge_rank_states", None)
+                states = [ranks[key] for ranks in every_rank]
+                shared[shared_key] = merge(states) if merge is not None else rank_state[key]
             shared.update(self.constants)
             files["shared.pt"] = self.store.write_rank_file(step, "shared.pt", shared)
         all_files = {}

@@ -3,14 +3,12 @@ sample key of the interrupted epochs is seen exactly once across before + after,
 or another resize in the middle of that remainder continues it exactly."""
 from __future__ import annotations
 
-import multiprocessing
 from collections import Counter
 
 import pytest
 import torch
 
 from gandist.data.stream_resize import with_every_rank
-from distkit import free_port
 from shardkit import indices_of
 from test_stream import make_source, take
 
@@ -86,7 +84,7 @@ def test_grow_1x2_to_2x2_splits_each_remainder_between_two_streams(indexed_shard
     source = make_source(indexed_shards, workers=2, hflip=True)
     old = source.loader(0, 1, 20, seed=3)
     before = [image for x, _ in take(old, 3) for image in x]
-    state = old.state_dict()
+    state = with_every_rank([old.state_dict()])  # the checkpoint's data0: the merge of every rank's state
     assert [(p["chunk"], p["emitted"]) for p in state["positions"]] == [(0, 40), (0, 20)]
     uninterrupted = finish_remainder(old, next_chunk=1)[0]
     old.close()
@@ -123,49 +121,9 @@ def test_resume_and_resize_in_the_middle_of_the_remainder_continue_it(indexed_sh
     remainder = []
     for rank in range(3):
         it = source.loader(rank, 3, 30, seed=3)
-        it.load_state_dict(state)
+        it.load_state_dict(with_every_rank([state]))  # the checkpoint's data0 of the 1-rank run
         remainder += keys(finish_remainder(it, next_chunk=1)[0])
     assert Counter(before + middle + remainder) == Counter(EPOCH)
-
-
-def _save_state_on_two_ranks(rank, world, port, root, out):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    it = make_source(root).loader(rank, world, 20, seed=3)
-    keys_before = [k for x, _ in take(it, 4) for k in indices_of(x)]
-    torch.save({"state": it.state_dict(), "keys": keys_before}, f"{out}/{rank}.pt")  # state_dict: a collective
-    dist.destroy_process_group()
-
-
-def fork_ranks(fn, world: int, *args) -> None:
-    """fn(rank, world, port, *args) in `world` forked processes (no re-import: a second, not spawn's ten)."""
-    context = multiprocessing.get_context("fork")
-    port = free_port()
-    procs = [context.Process(target=fn, args=(rank, world, port, *args)) for rank in range(world)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-    for proc in procs:
-        if proc.is_alive():  # hung: stop it rather than leave it running
-            proc.terminate()
-            proc.join()
-    assert [proc.exitcode for proc in procs] == [0] * world
-
-
-@pytest.mark.slow
-def test_state_of_each_rank_holds_every_ranks_positions_under_a_process_group(indexed_shards, tmp_path):
-    # 2 gloo processes save their loader states as a checkpoint does; rank 0's copy alone (the checkpoint's data0,
-    # which every rank loads at another world size) is enough for one rank to finish epoch 0 with no gap.
-    fork_ranks(_save_state_on_two_ranks, 2, str(indexed_shards), str(tmp_path))
-    saved = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
-    every = saved[0]["state"]["positions"] + saved[1]["state"]["positions"]
-    assert saved[0]["state"]["global_positions"] == saved[1]["state"]["global_positions"] == every
-    resumed = make_source(indexed_shards).loader(0, 1, 20, seed=3)
-    resumed.load_state_dict(saved[0]["state"])
-    after = [k for x, _ in take(resumed, 11) for k in indices_of(x)]  # 2 x (150 - 40) = 220 samples left
-    assert Counter(saved[0]["keys"] + saved[1]["keys"] + after) == Counter(EPOCH)
 
 
 def test_state_without_every_ranks_positions_starts_the_next_chunk_with_a_warning(indexed_shards, caplog):
@@ -175,7 +133,7 @@ def test_state_without_every_ranks_positions_starts_the_next_chunk_with_a_warnin
     it = source.loader(0, 2, 20, seed=3)
     take(it, 2)
     state = it.state_dict()
-    assert "global_positions" not in state  # 2 ranks in one process: no group to gather over
+    assert "global_positions" not in state  # one rank's own state: the checkpointer merges every rank's
     resumed = source.loader(0, 1, 20, seed=3)
     with caplog.at_level("WARNING", logger="gandist.data"):
         resumed.load_state_dict(state)

@@ -29,6 +29,17 @@ TINY = ["model.hidden=16", "train.batch_size=32", "telemetry.log_every=1", "tele
         "checkpoint.every=3"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_s3_clients():
+    """fsspec caches one S3FileSystem per argument set; one made earlier in this process (another test's moto
+    server, read from AWS_ENDPOINT_URL then) would be reused, so start without them."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def toy(*overrides: str):
     return load_config(os.path.join(REPO, "configs", "toy_ring8_tiny.yaml"), [*TINY, *overrides])
 

@@ -15,12 +15,15 @@ the last checkpoint, which the restart trains again, so the URL's metrics.jsonl 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 
 import fsspec
 
 from gandist.errors import UserError
+
+log = logging.getLogger("gandist.train")
 
 STAGING_ENV = "GANDIST_STAGING_DIR"  # where local staging folders of URL run dirs live (default ~/.cache/gandist/runs)
 PULLED = ("config.yaml", "metrics.jsonl", "events.jsonl", "eval/metrics.jsonl")  # what a restart appends to
@@ -154,6 +157,15 @@ class RemoteRunDir:
                 self._pushed[rel] = signature
                 uploaded += 1
         return uploaded
+
+    def push_or_warn(self) -> None:
+        """push(), but a failed upload (a store's bad minute) only warns: training goes on, and the next push
+        uploads whatever is still unpushed (the checkpoints, which matter, fail loudly on their own)."""
+        try:
+            self.push()
+        except Exception as err:  # noqa: BLE001 - botocore, aiohttp and OS errors alike
+            log.warning("could not push the run's files to %s (%s: %s); retrying at the next event", self.url,
+                        type(err).__name__, err)
 
 
 def _signature(path: str) -> tuple[int, int]:

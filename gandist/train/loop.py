@@ -151,7 +151,7 @@ class Trainer:
         for sink in self.sinks:
             sink.event(record)
         if self.remote is not None and self.is_main:  # events are rare: each carries the logs to the URL
-            self.remote.push()
+            self.remote.push_or_warn()
 
     # -- one G step ------------------------------------------------------------------------------------------
     def train_step(self) -> Signals:
@@ -244,10 +244,7 @@ class Trainer:
         self.metrics_log.close()
         self.events_log.close()
         if self.remote is not None and self.is_main and self.lease is not None:
-            try:  # the last lines and samples; under the lease still, so no other writer exists yet
-                self.remote.push()
-            except Exception as err:  # noqa: BLE001 - a crash's own error matters more; these lines are redone
-                log.warning("could not push the run's files to %s: %s", self.run_url, err)
+            self.remote.push_or_warn()  # the last lines and samples, under the lease still (no other writer yet)
         self.loader.close()
         self.strategy.close(clean)
         if self.lease is not None:  # this process writes nothing more: the next run may start at once

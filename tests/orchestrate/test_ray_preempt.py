@@ -1,0 +1,97 @@
+"""SIGTERM to one Ray Train worker of a 2-worker ddp run on a real local Ray cluster: the worker catches it (its
+handler sits on the actor's main thread, the loop runs in another thread), the group agrees at a step boundary,
+both workers save that step's checkpoint and stop, Ray restarts the group, and the restart resumes at that very step:
+no step lost, and the final weights equal one process trained for the same steps."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from closekit import compare_state, matches
+from .conftest import VENV_BIN
+from .test_ray_train import _events, _starts, _train_workers
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+
+# checkpoint.every beyond train.steps: only the preemption's own save (and the final one) can make a checkpoint;
+# lr 1e-4 keeps a 2-rank run within round-off of one process (tests/orchestrate/test_elastic_multinode.py)
+STEPS = 300
+TOY = ["configs/toy_ring8_tiny.yaml", "--set", f"train.steps={STEPS}", "--set", "checkpoint.every=100000",
+       "--set", "optim.g.lr=1e-4", "--set", "optim.d.lr=1e-4", "--set", "telemetry.log_every=1",
+       "--set", "telemetry.progress=false"]
+
+
+def _metric_steps(run_dir) -> list[int]:
+    steps = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []:
+        try:
+            steps.append(json.loads(line)["step"])
+        except ValueError:  # a line being written right now
+            pass
+    return steps
+
+
+def test_sigterm_to_one_ray_worker_saves_the_agreed_step_and_the_restart_resumes_it(ray_cluster, tmp_path):
+    started = time.time()
+    run = tmp_path / "run"
+    # RAY_ADDRESS: Ray's own helpers (its placement-group cleaner) find this cluster when others run on the machine
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO),
+           "RAY_ADDRESS": ray_cluster["address"]}
+    argv = [str(VENV_BIN / "gandist"), "train", *TOY, "--set", "distributed.strategy=ddp", "--set",
+            "distributed.max_failures=1", "--run-dir", str(run), "--ray", "--address", ray_cluster["address"],
+            "--workers", "2"]
+    log_path = tmp_path / "driver.log"
+    log = open(log_path, "w")
+    driver = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not (_metric_steps(run) and _metric_steps(run)[-1] >= 5 and len(_train_workers(ray_cluster["pid"])) == 2):
+            assert driver.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.02)
+        victim = _train_workers(ray_cluster["pid"])[-1]
+        victim.send_signal(signal.SIGTERM)  # one worker only: the other learns it through the collective
+        signalled_at = _metric_steps(run)[-1]
+        driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    assert driver.returncode == 0, log_path.read_text()[-4000:]
+    events = _events(run)
+    stops = [e for e in events if e["event"] == "preempted"]
+    assert len(stops) == 1, stops
+    stop = stops[0]["step"]
+    assert signalled_at <= stop < STEPS, (signalled_at, stop)
+    # the victim lived on after its SIGTERM until the group had saved that step together (with Ray's own handler
+    # it exits at once, its peer fails in the next collective, and no `preempted` event is written)
+    assert [e["step"] for e in events if e["event"] == "checkpoint"] == [stop, STEPS]
+    manifest = json.loads((run / "checkpoints" / f"step-{stop:08d}" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    starts = _starts(run)
+    assert [(s["resumed_from"], s["world_size"]) for s in starts] == [(None, 2), (stop, 2)], starts
+    steps = _metric_steps(run)
+    assert steps == list(range(1, STEPS + 1)), "a step was lost or trained twice"
+    assert [e["steps"] for e in events if e["event"] == "end"] == [STEPS]
+    ray_time = time.time() - started
+
+    single = tmp_path / "single"
+    result = subprocess.run([str(VENV_BIN / "gandist"), "train", *TOY, "--run-dir", str(single)], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import gandist
+
+    a, b = gandist.load_run(str(run), checkpoint=STEPS), gandist.load_run(str(single), checkpoint=STEPS)
+    reports = {net: compare_state(getattr(a, net).state_dict(), getattr(b, net).state_dict())
+               for net in ("G", "D", "G_ema")}
+    print(f"SIGTERM after step {signalled_at}, preempted at {stop}, resumed from {starts[1]['resumed_from']}; "
+          f"Ray part {ray_time:.1f}s, whole test {time.time() - started:.1f}s; {reports}")
+    for net, report in reports.items():
+        assert matches(report), (net, report)

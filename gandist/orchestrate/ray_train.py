@@ -176,9 +176,15 @@ def install_on_actor_main_thread(handler):
     """preempt.Installer for a Ray Train worker: the SIGTERM handler on the actor's main thread; returns the undo."""
     import ray
 
-    actor = ray.get_runtime_context().current_actor
-    _SIGTERM_SLOT["install"] = handler
-    ray.get(actor.execute.remote(_swap_sigterm_handler), timeout=CONNECT_TIMEOUT_S * 6)
+    try:
+        actor = ray.get_runtime_context().current_actor
+        _SIGTERM_SLOT["install"] = handler
+        ray.get(actor.execute.remote(_swap_sigterm_handler), timeout=CONNECT_TIMEOUT_S * 6)
+    except Exception as err:  # not a RayTrainWorker actor with `execute` (another Ray version): train on without
+        _SIGTERM_SLOT.pop("install", None)
+        print(f"gandist: SIGTERM will stop this Ray worker without a checkpoint (handler not installed: {err}); a "
+              "restart resumes from the last periodic checkpoint", file=sys.stderr)
+        return lambda: None
 
     def undo() -> None:
         try:

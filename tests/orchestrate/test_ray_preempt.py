@@ -108,8 +108,8 @@ DRAIN_ENV = "GANDIST_TEST_RAY_DRAIN"  # opt-in: its own 2-node cluster takes lon
 @pytest.mark.skipif(os.environ.get(DRAIN_ENV) != "1", reason=f"CI time: its own 2-node Ray cluster; set {DRAIN_ENV}=1")
 def test_ray_s_drain_notice_for_a_worker_s_node_saves_the_agreed_step_and_the_smaller_group_resumes_it(tmp_path):
     """`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION` (the drain Ray's autoscaler sends for a spot reclaim)
-    on the node of one of 2 workers: Ray Train's notice reaches the workers, the group stops at one step with that step saved, and the
-    restarted group (1 worker: the drained node takes no new work) resumes at it."""
+    on the node of one of 2 workers: Ray Train's notice reaches the workers, the group stops at one step with that
+    step saved, and the restarted group (1 worker: the drained node takes no new work) resumes at it."""
     from .test_elastic_multinode import Cluster
 
     steps = 1000  # the notice takes up to a poll interval (0.5 s) and a round trip to arrive: outlast it

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -141,6 +142,7 @@ def _train_worker(config: dict) -> None:
     # Ray Train V2 exports these itself; setting them from the context keeps them right whatever Ray version
     os.environ.update(rank_environment(ray.train.get_context()))
     from gandist.config import config_from_dict
+    from gandist.train import preempt
     from gandist.train.loop import run_training
 
     cfg = config_from_dict(config["cfg"], "ray train config")
@@ -150,8 +152,66 @@ def _train_worker(config: dict) -> None:
     # The lease owner is the Ray run itself (its experiment dir), not this process: Ray's restart of a failed
     # worker group and a re-run of a dead driver are the same run and take its lease over at once, while a plain
     # `gandist train` (or a Ray run of another experiment dir) on this run dir stays refused by a live lease.
-    run_training(cfg, config["run_dir"], force=force, reporter=RayReporter(config["experiment_dir"]),
-                 takeover=config.get("takeover", False), lease_owner=ray_lease_owner(config["experiment_dir"]))
+    with preempt.launcher_hooks(install_on_actor_main_thread, ray_preemption_notice):
+        run_training(cfg, config["run_dir"], force=force, reporter=RayReporter(config["experiment_dir"]),
+                     takeover=config.get("takeover", False), lease_owner=ray_lease_owner(config["experiment_dir"]))
+
+
+# Ray Train V2 runs the loop in a thread of its worker actor; Python runs signal handlers in the main thread only,
+# where Ray's own handler (sys.exit) would kill the worker without a checkpoint. The actor is a plain (one-thread)
+# actor, so its `execute(fn)` method runs fn on the main thread, which run_train_fn left free: that swaps the
+# handlers. The two functions below travel by reference (module-level), the handler through this slot.
+_SIGTERM_SLOT: dict = {}
+
+
+def _swap_sigterm_handler() -> None:
+    """On the actor's main thread: install the slot's handler (keeping Ray's), or put Ray's back."""
+    if "install" in _SIGTERM_SLOT:
+        _SIGTERM_SLOT["previous"] = signal.signal(signal.SIGTERM, _SIGTERM_SLOT.pop("install"))
+    elif "previous" in _SIGTERM_SLOT:
+        signal.signal(signal.SIGTERM, _SIGTERM_SLOT.pop("previous"))
+
+
+def install_on_actor_main_thread(handler):
+    """preempt.Installer for a Ray Train worker: the SIGTERM handler on the actor's main thread; returns the undo."""
+    import ray
+
+    try:
+        actor = ray.get_runtime_context().current_actor
+        _SIGTERM_SLOT["install"] = handler
+        ray.get(actor.execute.remote(_swap_sigterm_handler), timeout=CONNECT_TIMEOUT_S * 6)
+    except Exception as err:  # not a RayTrainWorker actor with `execute` (another Ray version): train on without
+        _SIGTERM_SLOT.pop("install", None)
+        print(f"gandist: SIGTERM will stop this Ray worker without a checkpoint (handler not installed: {err}); a "
+              "restart resumes from the last periodic checkpoint", file=sys.stderr)
+        return lambda: None
+
+    def undo() -> None:
+        try:
+            ray.get(actor.execute.remote(_swap_sigterm_handler), timeout=CONNECT_TIMEOUT_S * 6)
+        except Exception as err:  # the group is being torn down: the actor and its handler go with it
+            print(f"gandist: could not restore Ray's SIGTERM handler: {err}", file=sys.stderr)
+
+    return undo
+
+
+def ray_preemption_notice() -> str | None:
+    """Ray Train's notice that a node of this group is draining (a spot reclaim, `ray drain-node`), or None.
+
+    Its PreemptionWatcher sends it to every worker (RayTrainWorker.mark_preempt); this reads the worker's copy, a
+    local attribute read. The public ray.train.get_preemption_info() returns the same but broadcasts it from rank 0
+    through an actor at each call: a barrier per step that the loop's own agreement makes unnecessary.
+    """
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+
+        info = get_train_context().preemption_context.preemption_info
+    except (ImportError, AttributeError, RuntimeError):  # another Ray version: SIGTERM still works
+        return None
+    if info is None:
+        return None
+    return f"Ray Train preemption notice (draining node(s) {', '.join(info.preempted_node_ids)}, ranks " \
+           f"{info.preempted_ranks}, deadline_ms {info.deadline_ms})"
 
 
 def ray_lease_owner(experiment_dir: str) -> str:

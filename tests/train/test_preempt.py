@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch
 
@@ -42,3 +43,68 @@ def test_one_process_stops_at_once_without_a_collective_and_a_piggybacked_answer
     quiet, group = StopRequest(), FakeGroup(2)
     quiet.note_agreed(1)  # a peer's flag came with the watchdog's verdict this step
     assert quiet.agreed(group, 1) and not quiet.agreed(group, 2) and group.reduces == 0
+
+
+def test_a_loop_off_the_main_thread_catches_sigterm_through_the_launcher_s_installer():
+    """As in a Ray Train worker: the loop's thread asks the main thread (here: this test's) to swap the handlers."""
+    import queue
+    import threading
+
+    from gandist.train.preempt import launcher_hooks
+
+    jobs: queue.Queue = queue.Queue()
+
+    def on_main_thread(fn):  # what RayTrainWorker.execute does for the Ray installer
+        done = threading.Event()
+        jobs.put((fn, done))
+        done.wait()
+
+    def installer(handler):
+        previous = []
+        on_main_thread(lambda: previous.append(signal.signal(signal.SIGTERM, handler)))
+        return lambda: on_main_thread(lambda: signal.signal(signal.SIGTERM, previous[0]))
+
+    seen = {}
+
+    def loop():
+        stop = StopRequest()
+        stop.install()  # not the main thread: signal.signal itself would raise ValueError here
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.time() + 2
+        while not stop.requested and time.time() < deadline:
+            time.sleep(0.01)
+        seen["flag"], seen["agreed"] = stop.flag(), stop.agreed(FakeGroup(1), 1)
+        stop.restore()
+        jobs.put(None)
+
+    launchers = []  # the launcher's own handler (Ray's exits the process): it must not see the signal
+
+    def launcher_handler(signum, frame):
+        launchers.append(signum)
+
+    original = signal.signal(signal.SIGTERM, launcher_handler)
+    try:
+        with launcher_hooks(installer):
+            worker = threading.Thread(target=loop)
+            worker.start()
+            while (job := jobs.get(timeout=10)) is not None:
+                job[0]()
+                job[1].set()
+            worker.join()
+        assert signal.getsignal(signal.SIGTERM) is launcher_handler  # the launcher's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert seen == {"flag": 1, "agreed": True} and launchers == []
+
+
+def test_a_launcher_s_preemption_notice_is_the_same_stop_request_and_names_its_reason():
+    from gandist.train.preempt import launcher_hooks
+
+    notice = {"text": None}
+    with launcher_hooks(notice=lambda: notice["text"]):
+        stop, group = StopRequest(), FakeGroup(2)
+        answers = [stop.agreed(group, step) for step in range(1, PREEMPT_CHECK_EVERY + 1)]
+        notice["text"] = "node draining"
+        answers += [stop.agreed(group, step) for step in range(PREEMPT_CHECK_EVERY + 1, 2 * PREEMPT_CHECK_EVERY + 1)]
+    assert answers.index(True) + 1 == 2 * PREEMPT_CHECK_EVERY and stop.reason == "node draining"
+    assert StopRequest().flag() == 0  # the hooks are gone with the block

@@ -6,11 +6,13 @@ report) are written as usual into a local *staging* folder on the node of rank 0
 
 - at start, rank 0 (after it took the lease, so no other writer exists) empties its staging folder and pulls the
   run's logs from the URL, so a rank 0 on another node than last time appends to the whole history;
-- after every event (start, checkpoint, resize, eval, rollback, preempted, end) and when the run closes, crash or
-  not, rank 0 pushes each file that changed since its last push (a whole-file PUT: object stores cannot append).
+- before each checkpoint is committed, after every event (start, checkpoint, resize, eval, rollback, preempted,
+  end) and when the run closes, crash or not, rank 0 pushes each file that changed since its last push (a
+  whole-file PUT: object stores cannot append).
 
-A process killed outright loses only the log lines written since its last event. Those lines belong to steps after
-the last checkpoint, which the restart trains again, so the URL's metrics.jsonl has each step once.
+So the URL's logs always reach the newest checkpoint. A process killed outright loses only lines past it, which
+the restart trains again: the URL's metrics.jsonl has every step, and a step twice only when a process died between
+a push and the commit that followed it (at most one checkpoint interval).
 """
 from __future__ import annotations
 

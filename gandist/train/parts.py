@@ -100,4 +100,7 @@ def build_checkpointer(tr) -> Checkpointer:
                                  "value_range": list(info.value_range)}},
         meta={"config_hash": cfg.hash(), "strategy": cfg.distributed.strategy, "arch": cfg.model.arch},
         healthy=tr.watchdog.healthy if tr.watchdog else (lambda step: True),
-        before_save=tr.lease.check if tr.lease is not None else None)
+        before_save=tr.lease.check if tr.lease is not None else None,
+        # a URL run dir: the logs reach the URL before the checkpoint is committed, so that a process killed between
+        # the two leaves lines the restart trains again (duplicates), never a gap (remote_run_dir.py)
+        before_commit=tr.remote.push_or_warn if tr.remote is not None and tr.is_main else None)

@@ -78,7 +78,8 @@ class Checkpointer:
     def __init__(self, store: CheckpointStore, strategy, *, every: int, last_step: int, shared: dict[str, Part],
                  per_rank: dict[str, Stateful], fallback: dict[str, str] | None = None,
                  constants: dict | None = None, meta: dict | None = None,
-                 healthy: Callable[[int], bool] = lambda step: True, before_save: Callable[[], None] | None = None):
+                 healthy: Callable[[int], bool] = lambda step: True, before_save: Callable[[], None] | None = None,
+                 before_commit: Callable[[], None] | None = None):
         self.store, self.strategy = store, strategy
         self.every, self.last_step = every, last_step
         self.shared, self.per_rank = shared, per_rank
@@ -86,6 +87,7 @@ class Checkpointer:
         self.constants = constants or {}  # written into shared.pt, never loaded back (config, data_info)
         self.meta = meta or {}  # manifest entries; "arch" is checked on load
         self.healthy, self.before_save = healthy, before_save
+        self.before_commit = before_commit  # rank 0, once every file is written and before the checkpoint exists
         self.resumed: dict = {}  # set by resume(): the world size and path of the checkpoint resumed from
         self.saved_step: int | None = None  # the step of this process's last save (None after a restore)
 
@@ -124,6 +126,8 @@ class Checkpointer:
             all_files.update(part)
         url = None
         if s.rank == 0:
+            if self.before_commit is not None:
+                self.before_commit()  # e.g. a URL run dir's logs: pushed before the checkpoint they lead up to
             url = self.store.commit(step, all_files, {"healthy": healthy, **self.meta, "world_size": s.world_size})
         url = s.broadcast_object(url)
         self.saved_step = step

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gandist.api import load_run
+from gandist.checkpoint import CheckpointStore
 from gandist.cli import main
 from gandist.config import load_config
 from gandist.errors import UserError
@@ -65,8 +66,19 @@ def test_run_dir_on_s3_resumes_from_another_node_and_matches_a_local_run(moto_en
     fs = fsspec.filesystem("s3", endpoint_url=moto_endpoint)
     root = f"{s3_bucket}/runs/ring"
 
+    # at the moment each checkpoint is committed, the URL's metrics already reach its step: a process killed right
+    # after a commit leaves no gap in the logs a restart appends to
+    commit, logged_at_commit = CheckpointStore.commit, {}
+
+    def checked_commit(store, step, files, meta):
+        fs.invalidate_cache()
+        logged_at_commit[step] = max(m["step"] for m in lines(fs, f"{root}/metrics.jsonl"))
+        return commit(store, step, files, meta)
+
+    monkeypatch.setattr(CheckpointStore, "commit", checked_commit)
     monkeypatch.setenv(STAGING_ENV, str(tmp_path / "node-a"))
     run_training(toy("train.steps=4"), url)
+    assert logged_at_commit == {3: 3, 4: 4}
     assert not (tmp_path / "s3:").exists()  # nothing took the URL for a local path
     assert fs.exists(f"{root}/config.yaml") and fs.exists(f"{root}/checkpoints/step-00000003/manifest.json")
     assert [m["step"] for m in lines(fs, f"{root}/metrics.jsonl")] == [1, 2, 3, 4]  # pushed at the end

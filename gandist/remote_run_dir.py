@@ -46,14 +46,25 @@ def checkpoint_root(cfg, run_dir: str) -> str:
     return cfg.checkpoint.url or join(run_dir, "checkpoints")
 
 
+def run_name(url: str) -> str:
+    """The run dir's base name (its last path component)."""
+    return url.rstrip("/").rsplit("/", 1)[-1] or "run"
+
+
 def read_run_file(run_dir: str, name: str) -> str | None:
     """The text of RUN_DIR/name, a folder or a URL (None when absent)."""
     if not is_remote(run_dir):
         path = os.path.join(run_dir, name)
         return open(path).read() if os.path.isfile(path) else None
     fs, root = fsspec.core.url_to_fs(str(run_dir).rstrip("/"))
+    return _read_text(fs, f"{root}/{name}")
+
+
+def _read_text(fs, path: str) -> str | None:
+    """A file's text from an fsspec filesystem, None when absent."""
+    fs.invalidate_cache(path)  # s3fs's listing cache can say "absent" for a file written since
     try:
-        with fs.open(f"{root}/{name}", "rb") as f:
+        with fs.open(path, "rb") as f:
             return f.read().decode()
     except FileNotFoundError:
         return None
@@ -81,8 +92,7 @@ def fetch_run_files(url: str, dest: str) -> int:
 def staging_dir(url: str) -> str:
     """This node's staging folder for a URL run dir: one per URL, so a node that was rank 0 before reuses it."""
     base = os.environ.get(STAGING_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "gandist", "runs")
-    name = url.rstrip("/").rsplit("/", 1)[-1] or "run"
-    return os.path.join(base, f"{name}-{hashlib.sha256(url.rstrip('/').encode()).hexdigest()[:12]}")
+    return os.path.join(base, f"{run_name(url)}-{hashlib.sha256(url.rstrip('/').encode()).hexdigest()[:12]}")
 
 
 class RemoteRunDir:
@@ -101,13 +111,7 @@ class RemoteRunDir:
 
     def read_text(self, name: str) -> str | None:
         """A run file straight from the URL (None when absent)."""
-        path = f"{self.root}/{name}"
-        self.fs.invalidate_cache(path)  # s3fs's listing cache can say "absent" for a file written since
-        try:
-            with self.fs.open(path, "rb") as f:
-                return f.read().decode()
-        except FileNotFoundError:
-            return None
+        return _read_text(self.fs, f"{self.root}/{name}")
 
     def check_writable(self) -> None:
         """Fail before any work when the URL cannot be listed (no bucket, no credentials, no endpoint)."""

@@ -141,8 +141,9 @@ def run_eval(args: argparse.Namespace) -> int:
         truncations = parse_truncations(args.truncation)
     run = load_run(str(run_dir), checkpoint=_checkpoint_arg(args.checkpoint))
     run.config = _with_eval_overrides(run.config, args)
-    evaluator = Evaluator(run.config, None if remote else str(run_dir), metrics=metrics, num=args.num, features=args.features,
-                          features_path=args.features_path, reference_stats=args.reference_stats)
+    evaluator = Evaluator(run.config, None if remote else str(run_dir), metrics=metrics, num=args.num,
+                          features=args.features, features_path=args.features_path,
+                          reference_stats=args.reference_stats)
     G = run.G if args.no_ema or getattr(run, "G_ema", None) is None else run.G_ema
     if truncations is not None:
         return _write_curve(args, run, evaluator, G, truncations)

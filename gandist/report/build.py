@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gandist.errors import UserError
 from gandist.fileio import atomic_write_text
-from gandist.remote_run_dir import fetch_run_files, is_remote
+from gandist.remote_run_dir import fetch_run_files, is_remote, run_name
 from gandist.report import facts, page, panels, pngs
 from gandist.report.runlog import RunData, load_run
 
@@ -45,7 +45,7 @@ def build_report(run_dir: str, refresh: int | None = None) -> Report:
 def default_target(run_dir: str) -> Path:
     """RUN_DIR/report.html; for a URL run dir, report-NAME.html in the current folder."""
     if is_remote(run_dir):
-        return Path.cwd() / f"report-{run_dir.rstrip('/').rsplit('/', 1)[-1]}.html"
+        return Path.cwd() / f"report-{run_name(run_dir)}.html"
     return Path(run_dir) / "report.html"
 
 

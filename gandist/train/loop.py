@@ -19,6 +19,7 @@ from gandist.errors import WatchdogGaveUp
 from gandist.objectives.penalties import build_penalties
 from gandist.optim import lazy_optim
 from gandist.randomness import seed_step_rng, stream_seed
+from gandist.remote_run_dir import RemoteRunDir, is_remote
 from gandist.strategies import build_strategy
 from gandist.train import ema as ema_lib
 from gandist.train import health, outputs, parts, preempt, unrolled
@@ -27,7 +28,6 @@ from gandist.train.finetune import freeze_d, init_from
 from gandist.train.lr import LearningRate
 from gandist.train.phases import build_phases, run_phase
 from gandist.train.rundir import JsonlWriter, claim_run_dir
-from gandist.remote_run_dir import RemoteRunDir, is_remote
 from gandist.train.signals import Signals, nonfinite_count
 
 log = logging.getLogger("gandist.train")

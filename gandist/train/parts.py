@@ -11,9 +11,9 @@ import logging
 import torch
 
 from gandist.checkpoint import CheckpointStore
-from gandist.remote_run_dir import checkpoint_root
 from gandist.models.base import BuildContext
 from gandist.registry import ARCHS, resolve
+from gandist.remote_run_dir import checkpoint_root
 from gandist.train.state import Checkpointer, GlobalRng, Part, StatefulList
 
 log = logging.getLogger("gandist.train")
